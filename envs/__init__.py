@@ -1,0 +1,30 @@
+"""Parameterised gymnasium task environments, registered under the ``metarl/`` namespace.
+
+Importing this package registers every env (single form and natively vectorised form).
+"""
+
+from __future__ import annotations
+
+import gymnasium
+
+from envs.base import Task, TaskEnv, TaskVectorEnv, check_task_env
+
+
+def _register(env_id: str, entry_point: str, vector_entry_point: str, max_episode_steps: int) -> None:
+    if env_id not in gymnasium.registry:
+        gymnasium.register(
+            id=env_id,
+            entry_point=entry_point,
+            vector_entry_point=vector_entry_point,
+            max_episode_steps=max_episode_steps,
+        )
+
+
+_register("metarl/Navigation2D-v0", "envs.navigation:Navigation2DEnv", "envs.navigation:Navigation2DVectorEnv", 100)
+
+__all__ = ["Task", "TaskEnv", "TaskVectorEnv", "check_task_env"]
+
+_register("metarl/HalfCheetahVel-v0", "envs.locomotion:HalfCheetahVelEnv", "envs.locomotion:HalfCheetahVelVectorEnv", 200)
+_register("metarl/HalfCheetahDir-v0", "envs.locomotion:HalfCheetahDirEnv", "envs.locomotion:HalfCheetahDirVectorEnv", 200)
+_register("metarl/AntVel-v0", "envs.locomotion:AntVelEnv", "envs.locomotion:AntVelVectorEnv", 200)
+_register("metarl/AntDir-v0", "envs.locomotion:AntDirEnv", "envs.locomotion:AntDirVectorEnv", 200)

@@ -1,0 +1,76 @@
+"""2D navigation (Finn et al. 2017, section 5.3): a point moves to a goal sampled per task.
+
+Observation: the agent's position (2,). Action: a velocity, clipped to [-0.1, 0.1]^2.
+The episode starts at the origin; the reward is minus the Euclidean distance between the
+new position and the goal. Goals ~ U[-0.5, 0.5]^2. No termination: the horizon (100 in
+the paper) is set by the sampler / ``max_episode_steps``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import gymnasium
+import numpy as np
+from gymnasium import spaces
+
+from envs.base import Task, TaskVectorEnv
+
+
+class Navigation2DEnv(gymnasium.Env):
+    """Single-episode 2D navigation env implementing the task protocol."""
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, goal_low: float = -0.5, goal_high: float = 0.5, max_action: float = 0.1) -> None:
+        if not goal_low < goal_high:
+            raise ValueError(f"goal_low ({goal_low}) must be < goal_high ({goal_high})")
+        if max_action <= 0:
+            raise ValueError(f"max_action must be > 0, got {max_action}")
+        self.goal_low = goal_low
+        self.goal_high = goal_high
+        self.max_action = max_action
+        self.observation_space = spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32)
+        self.action_space = spaces.Box(-max_action, max_action, shape=(2,), dtype=np.float32)
+        self.task: Task = {"goal_x": 0.0, "goal_y": 0.0}
+        self._position = np.zeros(2, dtype=np.float64)
+
+    def sample_tasks(self, n: int, rng: np.random.Generator) -> list[Task]:
+        """Goals uniformly in the square [goal_low, goal_high]^2."""
+        goals = rng.uniform(self.goal_low, self.goal_high, size=(n, 2))
+        return [{"goal_x": float(x), "goal_y": float(y)} for x, y in goals]
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        self._position = np.zeros(2, dtype=np.float64)
+        return self._position.astype(np.float32), {}
+
+    def step(self, action):
+        action = np.clip(np.asarray(action, dtype=np.float64), -self.max_action, self.max_action)
+        self._position = self._position + action
+        goal = np.array([self.task["goal_x"], self.task["goal_y"]])
+        distance = float(np.linalg.norm(self._position - goal))
+        return self._position.astype(np.float32), -distance, False, False, {"distance": distance}
+
+
+class Navigation2DVectorEnv(TaskVectorEnv):
+    """All episodes of a meta-batch stepped in one numpy call; same transitions as the single env."""
+
+    def __init__(self, num_envs: int, max_episode_steps: int | None = None, **kwargs: Any) -> None:
+        super().__init__(num_envs, Navigation2DEnv(**kwargs), max_episode_steps)
+        self.max_action = self.single_env.max_action
+        self._position = np.zeros((num_envs, 2), dtype=np.float64)
+
+    def _apply_tasks(self, tasks: Sequence[Task]) -> None:
+        self._goals = np.array([[t["goal_x"], t["goal_y"]] for t in tasks], dtype=np.float64)
+
+    def reset(self, *, seed: int | Sequence[int] | None = None, options: dict[str, Any] | None = None):
+        self._position = np.zeros((self.num_envs, 2), dtype=np.float64)
+        return self._position.astype(np.float32), {}
+
+    def step(self, actions):
+        actions = np.clip(np.asarray(actions, dtype=np.float64), -self.max_action, self.max_action)
+        self._position = self._position + actions
+        distance = np.linalg.norm(self._position - self._goals, axis=-1)
+        false = np.zeros(self.num_envs, dtype=bool)
+        return self._position.astype(np.float32), -distance, false, false.copy(), {"distance": distance}

@@ -1,0 +1,249 @@
+"""Experiment configuration: typed dataclasses, YAML loading, ``key=value`` overrides and validation.
+
+Every field has a type and, where it matters, a range; a bad config stops with one line
+naming the key, the bad value and what is allowed (:class:`ConfigError`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key is unknown or its value is not allowed."""
+
+
+def _f(default: Any, help: str, **check: float) -> Any:
+    """A dataclass field with a help text and optional bounds (``gt``, ``ge``, ``le``, ``lt``)."""
+    kwargs: dict[str, Any] = {"metadata": {"help": help, **check}}
+    if isinstance(default, (list, dict)):
+        kwargs["default_factory"] = lambda: type(default)(default)
+    else:
+        kwargs["default"] = default
+    return field(**kwargs)
+
+
+@dataclass
+class EnvConfig:
+    """Which task distribution to meta-train on."""
+
+    id: str = _f("metarl/Navigation2D-v0", "registered gymnasium id of an env implementing the task protocol")
+    horizon: int = _f(100, "episode length T (steps); episodes that terminate earlier are masked", gt=0)
+    kwargs: dict = _f({}, "keyword arguments for the env constructor")
+    vector_kwargs: dict = _f({}, "keyword arguments for the natively vectorised form only (e.g. num_threads)")
+    vectorization: Literal["auto", "native", "sync"] = _f(
+        "auto", "auto: the env's native vector form if registered, else gymnasium SyncVectorEnv"
+    )
+
+
+@dataclass
+class PolicyConfig:
+    """Gaussian MLP policy."""
+
+    hidden_sizes: list[int] = _f([64, 64], "hidden layer widths")
+    activation: Literal["tanh", "relu"] = _f("tanh", "hidden activation")
+    init_std: float = _f(1.0, "initial action standard deviation", gt=0)
+
+
+@dataclass
+class MamlConfig:
+    """Inner loop and sampling (per meta-iteration)."""
+
+    loss: Literal["pg", "supervised"] = _f("pg", "inner/outer loss family: policy gradient, or supervised MSE")
+    meta_batch_size: int = _f(20, "tasks per meta-iteration (n)", gt=0)
+    episodes_per_task: int = _f(20, "trajectories per task and inner step (B)", gt=0)
+    inner_lr: float = _f(0.1, "inner-loop step size alpha", gt=0)
+    num_inner_steps: int = _f(1, "inner gradient steps k (re-sampling between steps)", gt=0)
+    first_order: bool = _f(False, "detach the inner gradient (first-order MAML)")
+    gamma: float = _f(0.99, "discount factor", ge=0, le=1)
+    gae_lambda: float = _f(1.0, "GAE lambda (1: Monte-Carlo returns minus baseline)", ge=0, le=1)
+    normalize_advantages: bool = _f(True, "standardise advantages per task")
+
+
+@dataclass
+class OuterConfig:
+    """Meta-optimiser."""
+
+    optimizer: Literal["trpo", "adam"] = _f("trpo", "meta-optimiser")
+    max_kl: float = _f(0.01, "TRPO trust region: max mean KL per meta-update", gt=0)
+    cg_iters: int = _f(10, "TRPO conjugate-gradient iterations", gt=0)
+    cg_damping: float = _f(1e-5, "TRPO damping added to the Fisher-vector product", ge=0)
+    ls_backtrack: float = _f(0.8, "TRPO line-search step shrink factor", gt=0, lt=1)
+    ls_max_steps: int = _f(15, "TRPO line-search maximum backtracking steps", gt=0)
+    hvp_subsample: float = _f(1.0, "fraction of post-adaptation trajectories per task used for the KL Hessian", gt=0, le=1)
+    lr: float = _f(1e-3, "Adam learning rate", gt=0)
+
+
+@dataclass
+class TrainConfig:
+    """Run length, seeding, logging and checkpoints."""
+
+    iterations: int = _f(100, "meta-iterations", gt=0)
+    seed: int = _f(0, "seed of every random generator in the run", ge=0)
+    checkpoint_every: int = _f(25, "write a checkpoint every N iterations (and at the end)", gt=0)
+    num_threads: int = _f(0, "torch intra-op threads (0: leave torch's default)", ge=0)
+    dtype: Literal["float32", "float64"] = _f("float32", "floating-point precision of the learner")
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation protocol (paper: alpha for the first step, alpha/2 after)."""
+
+    num_tasks: int = _f(40, "fresh tasks", gt=0)
+    num_steps: int = _f(3, "evaluate after 0..num_steps inner steps", ge=0)
+    episodes_per_step: int = _f(40, "trajectories per task and inner step", gt=0)
+    seed: int = _f(1_000_003, "seed of the evaluation tasks (different from training)", ge=0)
+
+
+@dataclass
+class SupervisedConfig:
+    """Supervised MAML (``maml.loss: supervised``): support/query sets per task."""
+
+    shots: int = _f(5, "K support samples per task", gt=0)
+    query_size: int = _f(10, "query samples per task for the outer loss", gt=0)
+
+
+@dataclass
+class Config:
+    """A full experiment."""
+
+    env: EnvConfig = field(default_factory=EnvConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    maml: MamlConfig = field(default_factory=MamlConfig)
+    outer: OuterConfig = field(default_factory=OuterConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    supervised: SupervisedConfig = field(default_factory=SupervisedConfig)
+
+
+def _allowed(tp: Any, meta: dict[str, Any]) -> str:
+    """Human description of what a field accepts."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    name = getattr(tp, "__name__", str(tp))
+    if origin is list:
+        name = f"a non-empty list of positive {typing.get_args(tp)[0].__name__}"
+    bounds = [f"{op} {meta[k]}" for k, op in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")) if k in meta]
+    return f"{name}" + (f" {' and '.join(bounds)}" if bounds else "")
+
+
+def _coerce(key: str, value: Any, tp: Any, meta: dict[str, Any]) -> Any:
+    """Check (and minimally coerce: int -> float) one value against its field type and bounds."""
+
+    def bad() -> ConfigError:
+        return ConfigError(f"config key '{key}': bad value {value!r}; allowed: {_allowed(tp, meta)}")
+
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise bad()
+        return value
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list) or not all(isinstance(v, item) and not isinstance(v, bool) for v in value):
+            raise bad()
+        if not value or (item is int and any(v <= 0 for v in value)):
+            raise bad()
+        return list(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad()
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad()
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad()
+        value = float(value)
+    elif tp is dict:
+        if not isinstance(value, dict):
+            raise bad()
+        return dict(value)
+    elif tp is str:
+        if not isinstance(value, str) or not value:
+            raise bad()
+        return value
+    for k, ok in (("gt", value > meta.get("gt", value - 1)), ("ge", value >= meta.get("ge", value)),
+                  ("lt", value < meta.get("lt", value + 1)), ("le", value <= meta.get("le", value))):
+        if k in meta and not ok:
+            raise bad()
+    return value
+
+
+def from_dict(data: dict[str, Any] | None) -> Config:
+    """Build a validated :class:`Config` from nested mappings (unknown keys are errors)."""
+    data = data or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config must be a mapping of sections, got {type(data).__name__}")
+    sections = {f.name: f for f in dataclasses.fields(Config)}
+    config = Config()
+    for section, values in data.items():
+        if section not in sections:
+            raise ConfigError(f"config key '{section}': unknown section; allowed: {', '.join(sections)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"config key '{section}': expected a mapping of keys, got {values!r}")
+        target = getattr(config, section)
+        hints = typing.get_type_hints(type(target))
+        fields = {f.name: f for f in dataclasses.fields(target)}
+        for key, value in values.items():
+            if key not in fields:
+                raise ConfigError(f"config key '{section}.{key}': unknown key; allowed: {', '.join(fields)}")
+            setattr(target, key, _coerce(f"{section}.{key}", value, hints[key], dict(fields[key].metadata)))
+    return config
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+    """Plain nested dict (YAML-serialisable) of a config."""
+    return dataclasses.asdict(config)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings (values parsed as YAML) to a nested config dict."""
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for item in overrides:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ConfigError(f"override {item!r}: expected section.key=value, e.g. maml.inner_lr=0.05")
+        path, raw = item.split("=", 1)
+        section, key = path.split(".", 1)
+        data.setdefault(section, {})
+        if not isinstance(data[section], dict):
+            raise ConfigError(f"config key '{section}': expected a mapping of keys")
+        data[section][key] = yaml.safe_load(raw)
+    return data
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or the defaults when ``path`` is None), apply overrides, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        data = yaml.safe_load(path.read_text()) or {}
+    return from_dict(apply_overrides(data, overrides or []))
+
+
+def describe(config_type: type = Config) -> str:
+    """A markdown table of every key with its default, allowed values and help (for docs)."""
+    lines = ["| key | default | allowed | meaning |", "|---|---|---|---|"]
+    for section in dataclasses.fields(config_type):
+        sub = section.default_factory()  # type: ignore[misc]
+        hints = typing.get_type_hints(type(sub))
+        for f in dataclasses.fields(sub):
+            meta = dict(f.metadata)
+            lines.append(
+                f"| `{section.name}.{f.name}` | `{getattr(sub, f.name)!r}` | {_allowed(hints[f.name], meta)} | {meta['help']} |"
+            )
+    return "\n".join(lines)
+
+
+_ = types  # (kept for typing.get_type_hints on postponed annotations)

@@ -1,0 +1,162 @@
+"""The MAML core: loss-agnostic inner adaptation, the policy-gradient losses, and meta-batch sampling.
+
+The inner update is a pure function of (params, grads, lr). Parameters are stacked per task
+along a leading dimension, so the gradient of the *sum* of the per-task losses with respect
+to the stacked copies is every task's own gradient in one backward pass: there is no Python
+loop over tasks anywhere here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from envs.base import Task
+from metarl.advantages import process
+from metarl.episodes import Episodes, masked_task_mean, task_major
+from metarl.policy import GaussianMLPPolicy, Params, detach_params, is_stacked, kl_divergence, log_prob, stack_params
+
+InnerLoss = Callable[[Params, int], Tensor]
+"""``(stacked params, inner step index) -> sum over tasks of each task's inner loss``."""
+
+
+def inner_update(params: Params, grads: Sequence[Tensor], lr: float) -> Params:
+    """One gradient-descent step ``params - lr * grads`` (pure; keeps whatever graph the inputs carry)."""
+    return {k: p - lr * g for (k, p), g in zip(params.items(), grads)}
+
+
+def adapt(
+    loss_fn: InnerLoss, params: Params, num_tasks: int, lrs: Sequence[float], first_order: bool
+) -> Params:
+    """Run ``len(lrs)`` inner gradient steps from ``params`` for all tasks at once; return stacked params.
+
+    ``params`` may be shared (they are expanded to ``num_tasks`` copies) or already stacked.
+    Second order (``first_order=False``) keeps the graph of the inner gradients so that the
+    result is differentiable in ``params`` through them; first order detaches the inner
+    gradients, so ``d adapted / d params`` is the identity. If ``params`` carry no graph at
+    all (e.g. while sampling), leaf copies are made so the inner gradient can be taken.
+    """
+    if not any(p.requires_grad for p in params.values()):
+        params = {k: p.detach().requires_grad_() for k, p in params.items()}
+    stacked = params if is_stacked(params) else stack_params(params, num_tasks)
+    for step, lr in enumerate(lrs):
+        with torch.enable_grad():
+            loss = loss_fn(stacked, step)
+            grads = torch.autograd.grad(loss, list(stacked.values()), create_graph=not first_order)
+        stacked = inner_update(stacked, grads, lr)
+    return stacked
+
+
+def inner_step_sizes(inner_lr: float, num_steps: int, decay_after_first: bool = False) -> list[float]:
+    """Step sizes for ``num_steps`` inner steps: ``inner_lr`` each, or (evaluation protocol) ``inner_lr/2`` after the first."""
+    return [inner_lr if (k == 0 or not decay_after_first) else inner_lr / 2 for k in range(num_steps)]
+
+
+def log_probs(policy: GaussianMLPPolicy, params: Params, episodes: Episodes) -> tuple[Tensor, Tensor, Tensor]:
+    """Task-major ``(log pi(a|s), mean, log_std)`` of the episodes' actions under stacked params; ``[n, T*B]``."""
+    mean, log_std = policy(task_major(episodes.observations), params)
+    return log_prob(mean, log_std, task_major(episodes.actions)), mean, log_std
+
+
+def reinforce_loss(policy: GaussianMLPPolicy, params: Params, episodes: Episodes) -> Tensor:
+    """REINFORCE with baseline: ``sum_i mean_t[-log pi_i(a|s) * A]`` (per-task mean, summed over tasks)."""
+    if episodes.advantages is None:
+        raise ValueError("episodes have no advantages: pass them through metarl.advantages.process first")
+    logp, _, _ = log_probs(policy, params, episodes)
+    return masked_task_mean(-logp * task_major(episodes.advantages), task_major(episodes.mask)).sum()
+
+
+@dataclass(frozen=True)
+class OldPolicy:
+    """The adapted policies' action distributions on the post-adaptation episodes when they were sampled."""
+
+    log_probs: Tensor
+    mean: Tensor
+    log_std: Tensor
+
+
+def old_policy(policy: GaussianMLPPolicy, adapted: Params, episodes: Episodes) -> OldPolicy:
+    """Snapshot (no graph) of the adapted policies on ``episodes``."""
+    with torch.no_grad():
+        logp, mean, log_std = log_probs(policy, detach_params(adapted), episodes)
+    return OldPolicy(logp, mean, log_std)
+
+
+def surrogate_loss(policy: GaussianMLPPolicy, adapted: Params, episodes: Episodes, old: OldPolicy) -> Tensor:
+    """Minus the importance-weighted post-adaptation objective, ``-mean_i mean_t[ratio * A]``."""
+    logp, _, _ = log_probs(policy, adapted, episodes)
+    ratio = torch.exp(logp - old.log_probs)
+    return -masked_task_mean(ratio * task_major(episodes.advantages), task_major(episodes.mask)).mean()
+
+
+def mean_kl(policy: GaussianMLPPolicy, adapted: Params, episodes: Episodes, old: OldPolicy) -> Tensor:
+    """Mean over tasks of the mean KL(old || current adapted policy) on the episodes' states."""
+    _, mean, log_std = log_probs(policy, adapted, episodes)
+    kl = kl_divergence(old.mean, old.log_std, mean, log_std)
+    return masked_task_mean(kl, task_major(episodes.mask)).mean()
+
+
+@dataclass(frozen=True)
+class MetaBatch:
+    """Everything one meta-iteration learns from: ``k`` inner-step episode sets and the post-adaptation set."""
+
+    tasks: list[Task]
+    train: list[Episodes]
+    valid: Episodes
+
+
+@dataclass(frozen=True)
+class AdaptationSettings:
+    """How the inner loop adapts and how advantages are estimated."""
+
+    inner_lr: float
+    num_steps: int
+    first_order: bool
+    gamma: float
+    gae_lambda: float
+    normalize_advantages: bool
+
+
+def rl_inner_loss(policy: GaussianMLPPolicy, train: Sequence[Episodes]) -> InnerLoss:
+    """The inner loss of step ``k`` is REINFORCE on the episodes sampled with the step-``k`` parameters."""
+    return lambda params, step: reinforce_loss(policy, params, train[step])
+
+
+def adapt_on_batch(
+    policy: GaussianMLPPolicy, params: Params, batch: MetaBatch, settings: AdaptationSettings, first_order: bool
+) -> Params:
+    """Re-run the meta-batch's inner loop from ``params`` (differentiably unless ``first_order``)."""
+    lrs = inner_step_sizes(settings.inner_lr, len(batch.train))
+    return adapt(rl_inner_loss(policy, batch.train), params, len(batch.tasks), lrs, first_order)
+
+
+def sample_meta_batch(
+    sampler: "Sampler",  # noqa: F821  (metarl.sampler.Sampler; avoids an import cycle in type checkers)
+    policy: GaussianMLPPolicy,
+    params: Params,
+    tasks: list[Task],
+    settings: AdaptationSettings,
+    rng: np.random.Generator,
+    generator: torch.Generator,
+    lrs: Sequence[float] | None = None,
+) -> tuple[MetaBatch, list[Params]]:
+    """Sample pre-adaptation episodes, adapt, re-sample after every inner step (as the paper does).
+
+    Returns the batch and the (detached) parameters used for each of the ``k + 1`` samplings.
+    """
+    lrs = list(lrs) if lrs is not None else inner_step_sizes(settings.inner_lr, settings.num_steps)
+    current = detach_params(params)
+    used: list[Params] = []
+    sets: list[Episodes] = []
+    for step in range(len(lrs) + 1):
+        raw = sampler.collect(policy, current, tasks, rng, generator)
+        sets.append(process(raw, settings.gamma, settings.gae_lambda, settings.normalize_advantages))
+        used.append(current)
+        if step < len(lrs):
+            loss_fn = lambda p, _s, ep=sets[-1]: reinforce_loss(policy, p, ep)  # noqa: E731
+            current = detach_params(adapt(loss_fn, current, len(tasks), [lrs[step]], first_order=True))
+    return MetaBatch(list(tasks), sets[:-1], sets[-1]), used

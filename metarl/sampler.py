@@ -1,0 +1,127 @@
+"""Collect a padded block of episodes for a batch of tasks with one policy forward per time step."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Sequence
+
+import gymnasium
+import numpy as np
+import torch
+from gymnasium.vector import AutoresetMode, SyncVectorEnv
+
+import envs  # noqa: F401  (registers the metarl/ envs)
+from envs.base import Task, check_task_env
+from metarl.episodes import Episodes, stack_time
+from metarl.policy import GaussianMLPPolicy, Params, is_stacked
+
+Vectorization = Literal["auto", "native", "sync"]
+
+
+def make_task_env(env_id: str, horizon: int, env_kwargs: dict[str, Any] | None = None) -> gymnasium.Env:
+    """A single task env (for task sampling, spaces, rendering); checks the task protocol."""
+    try:
+        env = gymnasium.make(env_id, max_episode_steps=horizon, **(env_kwargs or {}))
+    except gymnasium.error.Error as exc:
+        raise ValueError(f"cannot make environment {env_id!r}: {exc}") from exc
+    check_task_env(env)
+    return env
+
+
+def make_vector_env(
+    env_id: str,
+    num_envs: int,
+    horizon: int,
+    env_kwargs: dict[str, Any] | None = None,
+    vector_kwargs: dict[str, Any] | None = None,
+    vectorization: Vectorization = "auto",
+) -> gymnasium.vector.VectorEnv:
+    """The env's natively vectorised form if it registers one (``vector_entry_point``), else a ``SyncVectorEnv``.
+
+    ``vector_kwargs`` go to the native form only (e.g. ``num_threads`` for batched physics).
+    """
+    env_kwargs = dict(env_kwargs or {})
+    spec = gymnasium.spec(env_id)
+    native = spec.vector_entry_point is not None
+    if vectorization == "native" and not native:
+        raise ValueError(f"environment {env_id!r} registers no natively vectorised form (vector_entry_point)")
+    if vectorization != "sync" and native:
+        return gymnasium.make_vec(
+            env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **env_kwargs, **(vector_kwargs or {})
+        )
+    fns = [lambda: gymnasium.make(env_id, max_episode_steps=horizon, **env_kwargs)] * num_envs
+    return SyncVectorEnv(fns, autoreset_mode=AutoresetMode.NEXT_STEP)
+
+
+class Sampler:
+    """Runs ``B`` episodes of each of ``n`` tasks in one vector env of ``n * B`` sub-envs.
+
+    Sub-env ``i * B + b`` runs episode ``b`` of task ``i``. Every time step does one policy
+    forward for the whole batch, with shared parameters or per-task stacked parameters.
+    """
+
+    def __init__(
+        self,
+        env_id: str,
+        num_tasks: int,
+        episodes_per_task: int,
+        horizon: int,
+        env_kwargs: dict[str, Any] | None = None,
+        vector_kwargs: dict[str, Any] | None = None,
+        vectorization: Vectorization = "auto",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if num_tasks < 1 or episodes_per_task < 1 or horizon < 1:
+            raise ValueError(
+                f"num_tasks, episodes_per_task and horizon must be >= 1, got {num_tasks}, {episodes_per_task}, {horizon}"
+            )
+        self.num_tasks = num_tasks
+        self.episodes_per_task = episodes_per_task
+        self.horizon = horizon
+        self.dtype = dtype
+        self.env = make_vector_env(
+            env_id, num_tasks * episodes_per_task, horizon, env_kwargs, vector_kwargs, vectorization
+        )
+
+    def collect(
+        self,
+        policy: GaussianMLPPolicy,
+        params: Params,
+        tasks: Sequence[Task],
+        rng: np.random.Generator,
+        generator: torch.Generator,
+    ) -> Episodes:
+        """Roll out ``B`` episodes per task with actions ``~ N(mean, std)``; returns ``[T, n, B, ...]`` tensors.
+
+        ``rng`` seeds the sub-env resets; ``generator`` draws the action noise.
+        """
+        n, b = self.num_tasks, self.episodes_per_task
+        if len(tasks) != n:
+            raise ValueError(f"sampler was built for {n} tasks, got {len(tasks)}")
+        stacked = is_stacked(params)
+        if stacked and params["log_std"].shape[0] != n:
+            raise ValueError(f"stacked params have {params['log_std'].shape[0]} tasks, expected {n}")
+        self.env.set_attr("task", [task for task in tasks for _ in range(b)])
+        seeds = rng.integers(0, 2**31 - 1, size=n * b).tolist()
+        obs_np, _ = self.env.reset(seed=seeds)
+        alive = torch.ones(n, b, dtype=self.dtype)
+        observations, actions, rewards, masks = [], [], [], []
+        with torch.no_grad():
+            for _ in range(self.horizon):
+                obs = torch.as_tensor(np.asarray(obs_np), dtype=self.dtype).view(n, b, -1)
+                mean, log_std = policy(obs if stacked else obs.view(n * b, -1), params)
+                noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
+                action = (mean + noise * log_std.exp()).view(n, b, -1)
+                obs_np, reward, terminated, truncated, _ = self.env.step(action.view(n * b, -1).numpy())
+                observations.append(obs)
+                actions.append(action)
+                rewards.append(torch.as_tensor(np.asarray(reward), dtype=self.dtype).view(n, b))
+                masks.append(alive)
+                done = torch.as_tensor(np.logical_or(terminated, truncated)).view(n, b)
+                alive = alive * (~done).to(self.dtype)
+        rewards_t = stack_time(rewards)
+        mask_t = stack_time(masks)
+        return Episodes(stack_time(observations), stack_time(actions), rewards_t * mask_t, mask_t)
+
+    def close(self) -> None:
+        """Close the vector env."""
+        self.env.close()

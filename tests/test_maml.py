@@ -1,0 +1,115 @@
+"""Meta-gradients in float64 against independent computations."""
+
+from __future__ import annotations
+
+import torch
+
+from metarl.episodes import Episodes
+from metarl.maml import (
+    AdaptationSettings,
+    MetaBatch,
+    adapt,
+    adapt_on_batch,
+    inner_step_sizes,
+    old_policy,
+    reinforce_loss,
+    rl_inner_loss,
+    surrogate_loss,
+)
+from metarl.policy import GaussianMLPPolicy, Params, flatten, stack_params, unflatten
+from tests.conftest import random_episodes
+
+
+def make_batch(n: int, k: int, seed: int = 1) -> MetaBatch:
+    """k inner-step episode sets and a post-adaptation set for n tasks."""
+    train = [random_episodes(n, 3, 5, seed + i) for i in range(k)]
+    return MetaBatch([{}] * n, train, random_episodes(n, 3, 5, seed + 100))
+
+
+def settings(k: int, first_order: bool = False) -> AdaptationSettings:
+    return AdaptationSettings(0.5, k, first_order, 0.9, 0.95, True)
+
+
+def meta_objective(policy: GaussianMLPPolicy, batch: MetaBatch, k: int, first_order: bool = False):
+    """``theta -> outer loss`` with the old policy frozen at the initial parameters."""
+    theta0 = {n: p.detach().clone().requires_grad_() for n, p in policy.params().items()}
+    old = old_policy(policy, adapt_on_batch(policy, theta0, batch, settings(k), True), batch.valid)
+
+    def f(params: Params) -> torch.Tensor:
+        adapted = adapt_on_batch(policy, params, batch, settings(k, first_order), first_order)
+        return surrogate_loss(policy, adapted, batch.valid, old)
+
+    return theta0, f
+
+
+def finite_difference_grad(f, params: Params, eps: float = 1e-6) -> torch.Tensor:
+    """Central finite differences of a scalar function of the flattened parameters."""
+    flat = flatten(params).detach()
+    grad = torch.zeros_like(flat)
+    for i in range(flat.numel()):
+        e = torch.zeros_like(flat)
+        e[i] = eps
+        plus = f({k: v.requires_grad_() for k, v in unflatten(flat + e, params).items()})
+        minus = f({k: v.requires_grad_() for k, v in unflatten(flat - e, params).items()})
+        grad[i] = (plus.item() - minus.item()) / (2 * eps)
+    return grad
+
+
+def test_second_order_meta_gradient_matches_finite_differences(tiny_policy: GaussianMLPPolicy) -> None:
+    for k in (1, 2):
+        batch = make_batch(n=2, k=k)
+        theta, f = meta_objective(tiny_policy, batch, k)
+        autograd = flatten(torch.autograd.grad(f(theta), list(theta.values())))
+        numeric = finite_difference_grad(f, theta)
+        torch.testing.assert_close(autograd, numeric, rtol=1e-5, atol=1e-7)
+        assert autograd.abs().max() > 1e-3  # a real, non-trivial gradient
+
+
+def test_first_order_gradient_is_outer_gradient_at_adapted_params(tiny_policy: GaussianMLPPolicy) -> None:
+    batch = make_batch(n=2, k=1)
+    theta, f_first = meta_objective(tiny_policy, batch, 1, first_order=True)
+    first = flatten(torch.autograd.grad(f_first(theta), list(theta.values())))
+    # Independent computation: adapted parameters as leaves, gradient of the outer loss there, summed over tasks.
+    adapted = {k: v.detach().requires_grad_() for k, v in adapt_on_batch(tiny_policy, theta, batch, settings(1), True).items()}
+    _, f_second = meta_objective(tiny_policy, batch, 1)
+    old = old_policy(tiny_policy, adapted, batch.valid)
+    outer = torch.autograd.grad(surrogate_loss(tiny_policy, adapted, batch.valid, old), list(adapted.values()))
+    expected = flatten([g.sum(0) for g in outer])
+    torch.testing.assert_close(first, expected, rtol=1e-10, atol=1e-12)
+    second = flatten(torch.autograd.grad(f_second(theta), list(theta.values())))
+    assert (first - second).abs().max() > 1e-4  # the flag changes the gradient
+
+
+def test_batch_meta_gradient_is_mean_of_per_task_meta_gradients(tiny_policy: GaussianMLPPolicy) -> None:
+    n = 3
+    batch = make_batch(n=n, k=1)
+    theta, f = meta_objective(tiny_policy, batch, 1)
+    joint = flatten(torch.autograd.grad(f(theta), list(theta.values())))
+
+    def task_slice(ep: Episodes, i: int) -> Episodes:
+        fields = ("observations", "actions", "rewards", "mask", "returns", "advantages")
+        return Episodes(*(getattr(ep, name)[:, i : i + 1] for name in fields))
+
+    per_task = []
+    for i in range(n):
+        single = MetaBatch([{}], [task_slice(batch.train[0], i)], task_slice(batch.valid, i))
+        theta_i, f_i = meta_objective(tiny_policy, single, 1)
+        per_task.append(flatten(torch.autograd.grad(f_i(theta_i), list(theta_i.values()))))
+    torch.testing.assert_close(joint, torch.stack(per_task).mean(0), rtol=1e-10, atol=1e-12)
+
+
+def test_stacked_inner_gradients_are_per_task_gradients(tiny_policy: GaussianMLPPolicy) -> None:
+    episodes = random_episodes(3, 2, 4, seed=7)
+    theta = tiny_policy.params()
+    adapted = adapt(rl_inner_loss(tiny_policy, [episodes]), theta, 3, [0.3], first_order=True)
+    for i in range(3):
+        single = Episodes(*(getattr(episodes, f)[:, i : i + 1] for f in ("observations", "actions", "rewards", "mask", "returns", "advantages")))
+        loss = reinforce_loss(tiny_policy, stack_params(theta, 1), single)
+        grads = torch.autograd.grad(loss, list(theta.values()))
+        for (name, p), g in zip(theta.items(), grads):
+            torch.testing.assert_close(adapted[name][i], p - 0.3 * g)
+
+
+def test_evaluation_step_sizes_halve_after_first() -> None:
+    assert inner_step_sizes(0.1, 3, decay_after_first=True) == [0.1, 0.05, 0.05]
+    assert inner_step_sizes(0.1, 2) == [0.1, 0.1]

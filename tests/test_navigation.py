@@ -1,0 +1,86 @@
+"""2D navigation env: checks, task protocol, and single-vs-vector identity."""
+
+from __future__ import annotations
+
+import gymnasium
+import numpy as np
+import pytest
+import torch
+from gymnasium.utils.env_checker import check_env
+
+import envs  # noqa: F401
+from envs.base import check_task_env
+from envs.navigation import Navigation2DEnv, Navigation2DVectorEnv
+from metarl.policy import GaussianMLPPolicy, stack_params
+from metarl.sampler import Sampler, make_task_env
+
+
+def test_check_env_passes() -> None:
+    check_env(gymnasium.make("metarl/Navigation2D-v0").unwrapped, skip_render_check=True)
+
+
+def test_tasks_come_from_the_given_rng_only() -> None:
+    env = Navigation2DEnv()
+    a = env.sample_tasks(50, np.random.default_rng(3))
+    b = env.sample_tasks(50, np.random.default_rng(3))
+    assert a == b
+    goals = np.array([[t["goal_x"], t["goal_y"]] for t in a])
+    assert goals.min() >= -0.5 and goals.max() <= 0.5 and goals.std() > 0.1
+
+
+def test_single_and_vector_forms_give_identical_transitions(rng: np.random.Generator) -> None:
+    tasks = Navigation2DEnv().sample_tasks(6, rng)
+    vec = Navigation2DVectorEnv(6)
+    vec.set_attr("task", tasks)
+    singles = [Navigation2DEnv() for _ in tasks]
+    for env, task in zip(singles, tasks):
+        env.task = task
+    obs_v, _ = vec.reset(seed=list(range(6)))
+    obs_s = np.stack([env.reset(seed=i)[0] for i, env in enumerate(singles)])
+    np.testing.assert_array_equal(obs_v, obs_s)
+    for _ in range(30):
+        actions = rng.uniform(-0.3, 0.3, size=(6, 2))  # includes out-of-bound actions (clipped)
+        obs_v, rew_v, term_v, trunc_v, _ = vec.step(actions)
+        out = [env.step(a) for env, a in zip(singles, actions)]
+        np.testing.assert_array_equal(obs_v, np.stack([o[0] for o in out]))
+        np.testing.assert_allclose(rew_v, np.array([o[1] for o in out]), rtol=0, atol=1e-12)
+        assert not term_v.any() and not trunc_v.any()
+
+
+def test_reward_is_minus_distance_after_clipped_move() -> None:
+    env = Navigation2DEnv()
+    env.task = {"goal_x": 0.3, "goal_y": -0.4}
+    env.reset(seed=0)
+    obs, reward, *_ = env.step(np.array([1.0, -1.0]))
+    np.testing.assert_allclose(obs, [0.1, -0.1])
+    assert reward == pytest.approx(-np.hypot(0.2, -0.3))
+
+
+def test_native_and_generic_sampler_paths_agree(rng: np.random.Generator) -> None:
+    policy = GaussianMLPPolicy(2, 2, (8,))
+    tasks = Navigation2DEnv().sample_tasks(3, rng)
+    blocks = []
+    for vectorization in ("native", "sync"):
+        sampler = Sampler("metarl/Navigation2D-v0", 3, 2, 10, vectorization=vectorization)
+        blocks.append(sampler.collect(policy, policy.params(), tasks, np.random.default_rng(1), torch.Generator().manual_seed(2)))
+        sampler.close()
+    for name in ("observations", "actions", "rewards", "mask"):
+        torch.testing.assert_close(getattr(blocks[0], name), getattr(blocks[1], name))
+
+
+def test_stacked_params_sample_like_shared_params(rng: np.random.Generator) -> None:
+    policy = GaussianMLPPolicy(2, 2, (8,))
+    tasks = Navigation2DEnv().sample_tasks(3, rng)
+    sampler = Sampler("metarl/Navigation2D-v0", 3, 4, 12)
+    shared = sampler.collect(policy, policy.params(), tasks, np.random.default_rng(1), torch.Generator().manual_seed(2))
+    stacked_params = {k: v.detach() for k, v in stack_params(policy.params(), 3).items()}
+    stacked = sampler.collect(policy, stacked_params, tasks, np.random.default_rng(1), torch.Generator().manual_seed(2))
+    torch.testing.assert_close(shared.observations, stacked.observations)
+    assert shared.observations.shape == (12, 3, 4, 2)
+
+
+def test_env_without_task_protocol_is_rejected() -> None:
+    with pytest.raises(TypeError, match="task protocol"):
+        check_task_env(gymnasium.make("CartPole-v1"))
+    with pytest.raises(ValueError, match="cannot make environment"):
+        make_task_env("metarl/DoesNotExist-v0", 10)

@@ -1,0 +1,79 @@
+"""Conjugate gradient, the Fisher-vector product and the KL-constrained line search."""
+
+from __future__ import annotations
+
+import torch
+
+from metarl.maml import MetaBatch, adapt_on_batch, mean_kl, old_policy
+from metarl.policy import flatten, unflatten
+from metarl.trpo import TRPOSettings, conjugate_gradient, trpo_step
+from tests.conftest import random_episodes
+from tests.test_maml import settings
+
+
+def test_conjugate_gradient_matches_direct_solve() -> None:
+    g = torch.Generator().manual_seed(0)
+    m = torch.randn(12, 12, generator=g, dtype=torch.float64)
+    a = m @ m.T + 0.5 * torch.eye(12, dtype=torch.float64)
+    b = torch.randn(12, generator=g, dtype=torch.float64)
+    x = conjugate_gradient(lambda v: a @ v, b, iterations=40)
+    torch.testing.assert_close(x, torch.linalg.solve(a, b), rtol=1e-8, atol=1e-8)
+
+
+def test_kl_hessian_vector_product_matches_explicit_hessian(tiny_policy) -> None:
+    batch = MetaBatch([{}] * 2, [random_episodes(2, 3, 4, 1)], random_episodes(2, 3, 4, 2))
+    params = tiny_policy.params()
+    names = list(params)
+    old = old_policy(tiny_policy, adapt_on_batch(tiny_policy, params, batch, settings(1), True), batch.valid)
+
+    def kl_of_flat(flat: torch.Tensor) -> torch.Tensor:
+        p = unflatten(flat, params)
+        return mean_kl(tiny_policy, adapt_on_batch(tiny_policy, p, batch, settings(1), False), batch.valid, old)
+
+    flat = flatten(params).detach()
+    hessian = torch.autograd.functional.hessian(kl_of_flat, flat)
+    kl = mean_kl(tiny_policy, adapt_on_batch(tiny_policy, params, batch, settings(1), False), batch.valid, old)
+    kl_grad = flatten(torch.autograd.grad(kl, [params[k] for k in names], create_graph=True))
+    v = torch.randn(flat.numel(), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    hv = flatten(torch.autograd.grad(kl_grad @ v, [params[k] for k in names]))
+    torch.testing.assert_close(hv, hessian @ v, rtol=1e-7, atol=1e-10)
+    assert hv.abs().max() > 1e-4
+
+
+def test_trpo_step_respects_max_kl_and_improves(tiny_policy) -> None:
+    for seed in range(3):
+        batch = MetaBatch([{}] * 2, [random_episodes(2, 4, 6, 10 + seed)], random_episodes(2, 4, 6, 20 + seed))
+        before = flatten(tiny_policy.params()).detach().clone()
+        old = old_policy(tiny_policy, adapt_on_batch(tiny_policy, tiny_policy.params(), batch, settings(1), True), batch.valid)
+        max_kl = 1e-3
+        stats = trpo_step(tiny_policy, batch, settings(1), TRPOSettings(max_kl=max_kl, cg_iters=20))
+        adapted = adapt_on_batch(tiny_policy, tiny_policy.params(), batch, settings(1), True)
+        kl = mean_kl(tiny_policy, adapted, batch.valid, old).item()
+        assert kl <= max_kl
+        assert abs(kl - stats["kl"]) < 1e-12
+        if stats["accepted"]:
+            assert stats["loss_after"] < stats["loss_before"]
+            assert (flatten(tiny_policy.params()) - before).abs().max() > 0
+        else:
+            torch.testing.assert_close(flatten(tiny_policy.params()).detach(), before)
+
+
+def test_trpo_line_search_restores_parameters_when_no_step_improves(tiny_policy, monkeypatch) -> None:
+    import metarl.trpo as trpo
+
+    batch = MetaBatch([{}] * 2, [random_episodes(2, 3, 4, 1)], random_episodes(2, 3, 4, 2))
+    before = flatten(tiny_policy.params()).detach().clone()
+    tried: list[torch.Tensor] = []
+
+    def worse_everywhere(policy, batch, adaptation, old):
+        tried.append(flatten(policy.params()).detach().clone())
+        return float("inf"), 0.0
+
+    monkeypatch.setattr(trpo, "evaluate_outer", worse_everywhere)
+    stats = trpo_step(tiny_policy, batch, settings(1), TRPOSettings(ls_max_steps=4, ls_backtrack=0.5))
+    assert stats["accepted"] == 0.0 and stats["kl"] == 0.0 and len(tried) == 4
+    # Each candidate halves the previous step; the parameters are restored afterwards.
+    steps = [t - before for t in tried]
+    for a, b in zip(steps[:-1], steps[1:]):
+        torch.testing.assert_close(b, 0.5 * a)
+    torch.testing.assert_close(flatten(tiny_policy.params()).detach(), before)
