@@ -9,16 +9,21 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from metarl.episodes import Episodes
 from metarl.maml import (
     AdaptationSettings,
     MetaBatch,
     OldPolicy,
+    adapt,
     adapt_on_batch,
+    inner_step_sizes,
     mean_kl,
     old_policy,
+    reinforce_loss,
+    rl_inner_loss,
     surrogate_loss,
 )
-from metarl.policy import GaussianMLPPolicy, flatten
+from metarl.policy import GaussianMLPPolicy, Params, detach_params, flatten, stack_params, unflatten
 
 
 class NonFiniteError(FloatingPointError):
@@ -68,42 +73,95 @@ def set_flat_params(policy: GaussianMLPPolicy, vector: Tensor) -> None:
     torch.nn.utils.vector_to_parameters(vector, policy.parameters())
 
 
+def _leaf(params: Params) -> Params:
+    """Detached copies that require grad (roots of a fresh graph)."""
+    return {k: v.detach().clone().requires_grad_() for k, v in params.items()}
+
+
+def _hessian_operator(loss: Tensor, leaf: Params) -> Callable[[list[Tensor]], list[Tensor]]:
+    """``u -> (d^2 loss / d leaf^2) u`` by double backward through a gradient graph built once."""
+    inputs = list(leaf.values())
+    grads = torch.autograd.grad(loss, inputs, create_graph=True)
+    return lambda u: list(torch.autograd.grad(grads, inputs, grad_outputs=u, retain_graph=True))
+
+
+def kl_curvature(
+    policy: GaussianMLPPolicy,
+    params: Params,
+    batch: MetaBatch,
+    adaptation: AdaptationSettings,
+    subsample: float = 1.0,
+) -> Callable[[Tensor], Tensor]:
+    """The Hessian of the mean post-adaptation KL w.r.t. the meta-parameters, as ``v -> H v`` (flat).
+
+    At the current parameters every task's KL and its gradient are zero, so the Hessian is
+    exactly ``H = sum_i J_i^T F_i J_i``: ``F_i`` is the KL Hessian w.r.t. task ``i``'s adapted
+    parameters (the Fisher) and ``J_i = prod_j (I - alpha_j d^2 L_inner,ij)`` is the Jacobian of
+    the inner loop (``I`` for first-order MAML). Each product is one double backward through a
+    small graph built once at detached parameters, instead of a double backward through the whole
+    second-order meta-objective. With ``subsample < 1`` the inner-loss Hessians and the Fisher use
+    the first fraction of each task's trajectories (exact for ``subsample = 1``).
+    """
+    n = len(batch.tasks)
+    lrs = inner_step_sizes(adaptation.inner_lr, len(batch.train))
+
+    def sub(episodes: Episodes) -> Episodes:
+        if subsample >= 1.0:
+            return episodes
+        return episodes.subsample(max(1, math.ceil(subsample * episodes.episodes_per_task)))
+
+    point = stack_params(detach_params(params), n)
+    inner_hessians = []
+    for step, episodes in enumerate(batch.train):
+        leaf = _leaf(point)
+        if not adaptation.first_order:
+            inner_hessians.append(_hessian_operator(reinforce_loss(policy, leaf, sub(episodes)), leaf))
+        point = detach_params(adapt(rl_inner_loss(policy, [episodes]), leaf, n, [lrs[step]], first_order=True))
+    leaf = _leaf(point)
+    valid = sub(batch.valid)
+    fisher = _hessian_operator(mean_kl(policy, leaf, valid, old_policy(policy, leaf, valid)), leaf)
+
+    def hvp(v: Tensor) -> Tensor:
+        u = list(stack_params(unflatten(v, params), n).values())
+        for hessian, lr in zip(inner_hessians, lrs):  # J v
+            u = [a - lr * b for a, b in zip(u, hessian(u))]
+        w = fisher(u)
+        for hessian, lr in reversed(list(zip(inner_hessians, lrs))):  # J^T w
+            w = [a - lr * b for a, b in zip(w, hessian(w))]
+        return flatten([x.sum(0) for x in w])  # shared meta-parameters: sum over the task copies
+
+    return hvp
+
+
 def trpo_step(
     policy: GaussianMLPPolicy, batch: MetaBatch, adaptation: AdaptationSettings, settings: TRPOSettings
 ) -> dict[str, float]:
     """One MAML-TRPO meta-update of ``policy`` in place; returns statistics for logging.
 
-    The Hessian-vector products differentiate the mean KL between the adapted policies at
-    sampling time and the adapted policies as functions of the meta-parameters, through the
-    inner update (second order) or not (first order). With ``hvp_subsample < 1`` they use
-    the first fraction of each task's post-adaptation episodes.
+    The meta-gradient differentiates the post-adaptation surrogate through the inner loop
+    (second order) or not (first order); the search direction solves ``(H + damping) x = -g``
+    by conjugate gradient with :func:`kl_curvature`; the backtracking line search accepts
+    the first step that improves the surrogate with mean KL <= ``max_kl``, else restores.
     """
     params = policy.params()
-    names = list(params)
     adapted = adapt_on_batch(policy, params, batch, adaptation, adaptation.first_order)
     old = old_policy(policy, adapted, batch.valid)
     loss = surrogate_loss(policy, adapted, batch.valid, old)
     _check_finite("surrogate loss", loss)
-    grad = flatten(torch.autograd.grad(loss, [params[k] for k in names], retain_graph=True))
+    grad = flatten(torch.autograd.grad(loss, list(params.values())))
     _check_finite("meta-gradient", grad)
+    del adapted
 
-    kl_episodes = batch.valid
-    if settings.hvp_subsample < 1.0:
-        kept = max(1, math.ceil(settings.hvp_subsample * batch.valid.episodes_per_task))
-        kl_episodes = batch.valid.subsample(kept)
-    kl = mean_kl(policy, adapted, kl_episodes, old_policy(policy, adapted, kl_episodes))
-    kl_grad = flatten(torch.autograd.grad(kl, [params[k] for k in names], create_graph=True))
+    curvature = kl_curvature(policy, params, batch, adaptation, settings.hvp_subsample)
 
-    def fisher_vector_product(v: Tensor) -> Tensor:
-        hv = torch.autograd.grad(kl_grad @ v, [params[k] for k in names], retain_graph=True)
-        return flatten(hv) + settings.cg_damping * v
+    def damped(v: Tensor) -> Tensor:
+        return curvature(v) + settings.cg_damping * v
 
-    step_dir = conjugate_gradient(fisher_vector_product, -grad, settings.cg_iters)
-    shs = 0.5 * (step_dir @ fisher_vector_product(step_dir))
+    step_dir = conjugate_gradient(damped, -grad, settings.cg_iters)
+    shs = 0.5 * (step_dir @ damped(step_dir))
     _check_finite("step curvature", shs)
     # Scale so that the quadratic model of the KL at the full step, 0.5 x^T H x, equals max_kl.
     full_step = step_dir * torch.sqrt(settings.max_kl / shs.clamp_min(1e-12))
-    del kl_grad, adapted
 
     old_flat = flatten(params).detach().clone()
     old_loss = loss.item()

@@ -6,7 +6,9 @@ import torch
 
 from metarl.maml import MetaBatch, adapt_on_batch, mean_kl, old_policy
 from metarl.policy import flatten, unflatten
-from metarl.trpo import TRPOSettings, conjugate_gradient, trpo_step
+import pytest
+
+from metarl.trpo import TRPOSettings, conjugate_gradient, kl_curvature, trpo_step
 from tests.conftest import random_episodes
 from tests.test_maml import settings
 
@@ -20,24 +22,39 @@ def test_conjugate_gradient_matches_direct_solve() -> None:
     torch.testing.assert_close(x, torch.linalg.solve(a, b), rtol=1e-8, atol=1e-8)
 
 
-def test_kl_hessian_vector_product_matches_explicit_hessian(tiny_policy) -> None:
-    batch = MetaBatch([{}] * 2, [random_episodes(2, 3, 4, 1)], random_episodes(2, 3, 4, 2))
+@pytest.mark.parametrize(("k", "first_order"), [(1, False), (2, False), (1, True)])
+def test_kl_curvature_matches_explicit_hessian(tiny_policy, k: int, first_order: bool) -> None:
+    """The factored J^T F J product equals the Hessian of the KL through the inner loop (finite graph, float64)."""
+    batch = MetaBatch([{}] * 2, [random_episodes(2, 3, 4, 1 + j) for j in range(k)], random_episodes(2, 3, 4, 9))
     params = tiny_policy.params()
-    names = list(params)
-    old = old_policy(tiny_policy, adapt_on_batch(tiny_policy, params, batch, settings(1), True), batch.valid)
+    old = old_policy(tiny_policy, adapt_on_batch(tiny_policy, params, batch, settings(k), True), batch.valid)
 
     def kl_of_flat(flat: torch.Tensor) -> torch.Tensor:
-        p = unflatten(flat, params)
-        return mean_kl(tiny_policy, adapt_on_batch(tiny_policy, p, batch, settings(1), False), batch.valid, old)
+        adapted = adapt_on_batch(tiny_policy, unflatten(flat, params), batch, settings(k, first_order), first_order)
+        return mean_kl(tiny_policy, adapted, batch.valid, old)
 
     flat = flatten(params).detach()
     hessian = torch.autograd.functional.hessian(kl_of_flat, flat)
-    kl = mean_kl(tiny_policy, adapt_on_batch(tiny_policy, params, batch, settings(1), False), batch.valid, old)
-    kl_grad = flatten(torch.autograd.grad(kl, [params[k] for k in names], create_graph=True))
-    v = torch.randn(flat.numel(), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    hv = flatten(torch.autograd.grad(kl_grad @ v, [params[k] for k in names]))
-    torch.testing.assert_close(hv, hessian @ v, rtol=1e-7, atol=1e-10)
-    assert hv.abs().max() > 1e-4
+    hvp = kl_curvature(tiny_policy, params, batch, settings(k, first_order))
+    for seed in range(3):
+        v = torch.randn(flat.numel(), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        torch.testing.assert_close(hvp(v), hessian @ v, rtol=1e-7, atol=1e-10)
+    assert (hessian @ v).abs().max() > 1e-4
+
+
+def test_kl_curvature_subsample_uses_fewer_trajectories(tiny_policy) -> None:
+    batch = MetaBatch([{}] * 2, [random_episodes(2, 4, 4, 1)], random_episodes(2, 4, 4, 2))
+    full = kl_curvature(tiny_policy, tiny_policy.params(), batch, settings(1), 1.0)
+    half = kl_curvature(tiny_policy, tiny_policy.params(), batch, settings(1), 0.5)
+    small = MetaBatch([{}] * 2, [batch.train[0].subsample(2)], batch.valid.subsample(2))
+    v = torch.randn(flatten(tiny_policy.params()).numel(), dtype=torch.float64)
+    adapted_point_differs = not torch.allclose(full(v), half(v))
+    assert adapted_point_differs
+    # Subsampled curvature = exact curvature of the subsampled batch, except the adaptation point,
+    # which always uses all trajectories: check it against that batch's explicit Fisher at J = I.
+    first = kl_curvature(tiny_policy, tiny_policy.params(), small, settings(1, True), 1.0)
+    first_sub = kl_curvature(tiny_policy, tiny_policy.params(), MetaBatch([{}] * 2, [small.train[0]], batch.valid), settings(1, True), 0.5)
+    torch.testing.assert_close(first(v), first_sub(v))
 
 
 def test_trpo_step_respects_max_kl_and_improves(tiny_policy) -> None:

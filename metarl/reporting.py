@@ -1,0 +1,52 @@
+"""Shared pieces of the benchmark scripts: machine description and writing result tables."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def machine_description() -> str:
+    """One line naming the CPU, core count, Python and torch versions and torch threads."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} torch threads")
+
+
+def write_results(results_dir: Path, name: str, markdown: str, data: dict[str, Any]) -> tuple[Path, Path]:
+    """Write ``name.md`` (with the machine and date) and ``name.json`` under ``results_dir``."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y-%m-%d %H:%M")
+    md = results_dir / f"{name}.md"
+    md.write_text(f"{markdown}\n\nMachine: {machine_description()}. Date: {stamp}.\n")
+    js = results_dir / f"{name}.json"
+    js.write_text(json.dumps({**data, "machine": machine_description(), "date": stamp}, indent=2))
+    return md, js
+
+
+def timing_summary(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Median seconds per meta-iteration and its sampling/learning split, from ``metrics.jsonl`` rows."""
+    sampling = [r["perf/time_sampling_s"] for r in rows]
+    learning = [r["perf/time_learning_s"] for r in rows]
+    total = [s + lr for s, lr in zip(sampling, learning)]
+    return {
+        "iterations": len(rows),
+        "median_s_per_iteration": statistics.median(total),
+        "median_sampling_s": statistics.median(sampling),
+        "median_learning_s": statistics.median(learning),
+        "learning_fraction": statistics.median(lr / t for lr, t in zip(learning, total)),
+    }
