@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any, Literal, Sequence
 
 import gymnasium
@@ -17,8 +18,24 @@ from metarl.policy import GaussianMLPPolicy, Params, is_stacked
 Vectorization = Literal["auto", "native", "sync"]
 
 
+def resolve_env_id(env_id: str) -> str:
+    """Import the module of a ``"module:env-id"`` name (gymnasium's convention) and return the bare id.
+
+    This is how a third-party task env is named in a config: ``env.id: mypkg.envs:mypkg/MyTask-v0``.
+    """
+    if ":" not in env_id:
+        return env_id
+    module, bare = env_id.split(":", 1)
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        raise ValueError(f"cannot import module {module!r} named in env id {env_id!r}: {exc}") from exc
+    return bare
+
+
 def make_task_env(env_id: str, horizon: int, env_kwargs: dict[str, Any] | None = None) -> gymnasium.Env:
     """A single task env (for task sampling, spaces, rendering); checks the task protocol."""
+    env_id = resolve_env_id(env_id)
     try:
         env = gymnasium.make(env_id, max_episode_steps=horizon, **(env_kwargs or {}))
     except gymnasium.error.Error as exc:
@@ -40,6 +57,7 @@ def make_vector_env(
     ``vector_kwargs`` go to the native form only (e.g. ``num_threads`` for batched physics).
     """
     env_kwargs = dict(env_kwargs or {})
+    env_id = resolve_env_id(env_id)
     spec = gymnasium.spec(env_id)
     native = spec.vector_entry_point is not None
     if vectorization == "native" and not native:

@@ -97,3 +97,12 @@ def test_train_script_reports_bad_config_in_one_line(tmp_path: Path, capsys) -> 
     assert train_script.main(["--set", "maml.inner_lr=abc", "--output-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "error: config key 'maml.inner_lr': bad value 'abc'; allowed: float > 0"
+
+
+def test_third_party_env_trains_through_the_generic_vector_path(tmp_path: Path) -> None:
+    """An env registered elsewhere, named as 'module:id' (gymnasium imports the module), trains via SyncVectorEnv."""
+    config = tiny_config("env.id=tests.third_party_env:thirdparty/GoalPoint1D-v0", "env.horizon=10", iterations=2)
+    result = trainer.train(config, tmp_path, progress=False)
+    rows = metrics(tmp_path)
+    assert len(rows) == 2 and all(r["meta/return_pre"] < 0 for r in rows)
+    assert result.policy.obs_dim == 1
