@@ -2,8 +2,11 @@
 
 Observation: the agent's position (2,). Action: a velocity, clipped to [-0.1, 0.1]^2.
 The episode starts at the origin; the reward is minus the Euclidean distance between the
-new position and the goal. Goals ~ U[-0.5, 0.5]^2. No termination: the horizon (100 in
-the paper) is set by the sampler / ``max_episode_steps``.
+new position and the goal. Goals ~ U[-0.5, 0.5]^2. As in the reference implementations
+(rllab's ``PointEnvRandGoal`` used by the MAML paper, and pytorch-maml-rl), the episode
+terminates when the agent is within ``goal_tolerance`` of the goal in both coordinates
+(``goal_tolerance=0`` disables termination). The horizon (100 in the paper) is set by the
+sampler / ``max_episode_steps``.
 """
 
 from __future__ import annotations
@@ -22,7 +25,11 @@ class Navigation2DEnv(gymnasium.Env):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, goal_low: float = -0.5, goal_high: float = 0.5, max_action: float = 0.1) -> None:
+    def __init__(
+        self, goal_low: float = -0.5, goal_high: float = 0.5, max_action: float = 0.1, goal_tolerance: float = 0.01
+    ) -> None:
+        if goal_tolerance < 0:
+            raise ValueError(f"goal_tolerance must be >= 0, got {goal_tolerance}")
         if not goal_low < goal_high:
             raise ValueError(f"goal_low ({goal_low}) must be < goal_high ({goal_high})")
         if max_action <= 0:
@@ -30,6 +37,7 @@ class Navigation2DEnv(gymnasium.Env):
         self.goal_low = goal_low
         self.goal_high = goal_high
         self.max_action = max_action
+        self.goal_tolerance = goal_tolerance
         self.observation_space = spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32)
         self.action_space = spaces.Box(-max_action, max_action, shape=(2,), dtype=np.float32)
         self.task: Task = {"goal_x": 0.0, "goal_y": 0.0}
@@ -50,7 +58,8 @@ class Navigation2DEnv(gymnasium.Env):
         self._position = self._position + action
         goal = np.array([self.task["goal_x"], self.task["goal_y"]])
         distance = float(np.linalg.norm(self._position - goal))
-        return self._position.astype(np.float32), -distance, False, False, {"distance": distance}
+        terminated = bool(np.all(np.abs(self._position - goal) < self.goal_tolerance))
+        return self._position.astype(np.float32), -distance, terminated, False, {"distance": distance}
 
 
 class Navigation2DVectorEnv(TaskVectorEnv):
@@ -59,6 +68,7 @@ class Navigation2DVectorEnv(TaskVectorEnv):
     def __init__(self, num_envs: int, max_episode_steps: int | None = None, **kwargs: Any) -> None:
         super().__init__(num_envs, Navigation2DEnv(**kwargs), max_episode_steps)
         self.max_action = self.single_env.max_action
+        self.goal_tolerance = self.single_env.goal_tolerance
         self._position = np.zeros((num_envs, 2), dtype=np.float64)
 
     def _apply_tasks(self, tasks: Sequence[Task]) -> None:
@@ -72,5 +82,6 @@ class Navigation2DVectorEnv(TaskVectorEnv):
         actions = np.clip(np.asarray(actions, dtype=np.float64), -self.max_action, self.max_action)
         self._position = self._position + actions
         distance = np.linalg.norm(self._position - self._goals, axis=-1)
-        false = np.zeros(self.num_envs, dtype=bool)
-        return self._position.astype(np.float32), -distance, false, false.copy(), {"distance": distance}
+        terminated = np.all(np.abs(self._position - self._goals) < self.goal_tolerance, axis=-1)
+        truncated = np.zeros(self.num_envs, dtype=bool)
+        return self._position.astype(np.float32), -distance, terminated, truncated, {"distance": distance}

@@ -44,7 +44,24 @@ def test_single_and_vector_forms_give_identical_transitions(rng: np.random.Gener
         out = [env.step(a) for env, a in zip(singles, actions)]
         np.testing.assert_array_equal(obs_v, np.stack([o[0] for o in out]))
         np.testing.assert_allclose(rew_v, np.array([o[1] for o in out]), rtol=0, atol=1e-12)
-        assert not term_v.any() and not trunc_v.any()
+        np.testing.assert_array_equal(term_v, np.array([o[2] for o in out]))
+        assert not trunc_v.any()
+
+
+def test_episode_terminates_within_goal_tolerance() -> None:
+    env = Navigation2DEnv(goal_tolerance=0.01)
+    env.task = {"goal_x": 0.1, "goal_y": 0.205}
+    env.reset(seed=0)
+    assert env.step(np.array([0.1, 0.1]))[2] is False
+    _, reward, terminated, _, _ = env.step(np.array([0.0, 0.1]))
+    assert terminated and reward == pytest.approx(-0.005)
+    vec = Navigation2DVectorEnv(2, goal_tolerance=0.01)
+    vec.set_attr("task", [env.task, {"goal_x": 0.5, "goal_y": 0.5}])
+    vec.reset(seed=0)
+    vec.step(np.full((2, 2), 0.1))
+    np.testing.assert_array_equal(vec.step(np.array([[0.0, 0.1], [0.0, 0.1]]))[2], [True, False])
+    with pytest.raises(ValueError, match="goal_tolerance"):
+        Navigation2DEnv(goal_tolerance=-1)
 
 
 def test_reward_is_minus_distance_after_clipped_move() -> None:
