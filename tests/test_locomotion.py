@@ -1,0 +1,294 @@
+"""MuJoCo locomotion task envs: task protocol, env checker, and single-vs-batched identity."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import gymnasium
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import envs  # noqa: F401  (registers the metarl/ envs)
+from envs.base import check_task_env
+from envs.locomotion import (
+    AntDirVectorEnv,
+    AntVelEnv,
+    AntVelVectorEnv,
+    GoalDirectionTasks,
+    GoalVelocityTasks,
+    HalfCheetahDirVectorEnv,
+    HalfCheetahVelEnv,
+    HalfCheetahVelVectorEnv,
+)
+from envs.mujoco_batch import BatchPhysics, PerEnvPhysics
+
+ENV_IDS = ["metarl/HalfCheetahVel-v0", "metarl/HalfCheetahDir-v0", "metarl/AntVel-v0", "metarl/AntDir-v0"]
+VECTOR_CLASSES = {
+    "metarl/HalfCheetahVel-v0": HalfCheetahVelVectorEnv,
+    "metarl/HalfCheetahDir-v0": HalfCheetahDirVectorEnv,
+    "metarl/AntVel-v0": AntVelVectorEnv,
+    "metarl/AntDir-v0": AntDirVectorEnv,
+}
+# the Ant without contact forces in the observation or reward runs on BatchPhysics
+ANT_NO_CONTACT = {"include_cfrc_ext_in_observation": False, "contact_cost_weight": 0.0}
+TOLERANCE = {"rtol": 1e-6, "atol": 1e-8}
+NUM_ENVS = 6
+
+
+def make_single(env_id: str, **kwargs):
+    return gymnasium.make(env_id, **kwargs).unwrapped
+
+
+def make_batched(env_id: str, num_envs: int = NUM_ENVS, num_threads: int = 2, **kwargs):
+    return gymnasium.make_vec(
+        env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", num_threads=num_threads, **kwargs
+    )
+
+
+# --------------------------------------------------------------------------- single envs
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_check_env(env_id: str) -> None:
+    env = make_single(env_id)
+    check_env(env, skip_render_check=True)
+    assert check_task_env(env) is env
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_registration(env_id: str) -> None:
+    assert gymnasium.spec(env_id).max_episode_steps == 200
+    env = make_batched(env_id)
+    assert type(env) is VECTOR_CLASSES[env_id]
+    assert env.max_episode_steps == 200
+    assert env.single_observation_space == make_single(env_id).observation_space
+    env.close()
+
+
+def test_observation_sizes_follow_v5() -> None:
+    assert make_single("metarl/HalfCheetahVel-v0").observation_space.shape == (17,)
+    assert make_single("metarl/AntVel-v0").observation_space.shape == (105,)  # cfrc_ext included, as v5
+    assert make_single("metarl/AntVel-v0", **ANT_NO_CONTACT).observation_space.shape == (27,)
+
+
+def test_reward_parts_cheetah_vel() -> None:
+    env = make_single("metarl/HalfCheetahVel-v0")
+    env.task = {"velocity": 1.5}
+    env.reset(seed=0)
+    action = np.full(6, 0.5, dtype=np.float32)
+    _, reward, terminated, _, info = env.step(action)
+    assert info["reward_forward"] == pytest.approx(-abs(info["x_velocity"] - 1.5))
+    assert info["reward_ctrl"] == pytest.approx(-0.05 * 6 * 0.25)
+    assert reward == pytest.approx(info["reward_forward"] + info["reward_ctrl"])
+    assert not terminated
+
+
+def test_reward_parts_ant_dir() -> None:
+    env = make_single("metarl/AntDir-v0")
+    env.task = {"direction": -1.0}
+    env.reset(seed=0)
+    _, reward, _, _, info = env.step(np.zeros(8, dtype=np.float32))
+    assert info["reward_forward"] == pytest.approx(-info["x_velocity"])
+    parts = ("reward_forward", "reward_ctrl", "reward_contact", "reward_survive")
+    assert reward == pytest.approx(sum(info[k] for k in parts))
+    assert info["reward_survive"] == 1.0
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+@pytest.mark.parametrize(("env_id", "high"), [("metarl/HalfCheetahVel-v0", 2.0), ("metarl/AntVel-v0", 3.0)])
+def test_velocity_tasks(env_id: str, high: float) -> None:
+    env = make_single(env_id)
+    tasks = env.sample_tasks(500, np.random.default_rng(3))
+    velocities = np.array([t["velocity"] for t in tasks])
+    assert velocities.min() >= 0.0 and velocities.max() <= high
+    assert velocities.min() < 0.1 * high and velocities.max() > 0.9 * high
+    assert tasks == env.sample_tasks(500, np.random.default_rng(3))
+    assert tasks != env.sample_tasks(500, np.random.default_rng(4))
+    assert env.sample_tasks(0, np.random.default_rng(0)) == []
+
+
+@pytest.mark.parametrize("env_id", ["metarl/HalfCheetahDir-v0", "metarl/AntDir-v0"])
+def test_direction_tasks(env_id: str) -> None:
+    env = make_single(env_id)
+    tasks = env.sample_tasks(400, np.random.default_rng(5))
+    directions = np.array([t["direction"] for t in tasks])
+    assert set(directions) == {-1.0, 1.0}
+    assert 150 < (directions > 0).sum() < 250
+    assert tasks == env.sample_tasks(400, np.random.default_rng(5))
+
+
+def test_task_setter_and_vector_sampling() -> None:
+    env = make_single("metarl/HalfCheetahVel-v0", velocity_low=0.5, velocity_high=1.0)
+    env.task = {"velocity": 0.7}
+    assert env.task == {"velocity": 0.7}
+    vec = make_batched("metarl/HalfCheetahVel-v0", velocity_low=0.5, velocity_high=1.0)
+    rng_a, rng_b = np.random.default_rng(9), np.random.default_rng(9)
+    assert vec.unwrapped.sample_tasks(7, rng_a) == env.sample_tasks(7, rng_b)
+    vec.close()
+
+
+@pytest.mark.parametrize(
+    ("factory", "kwargs", "match"),
+    [
+        (HalfCheetahVelEnv, {"velocity_low": 2.0, "velocity_high": 1.0}, "velocity_low <= velocity_high"),
+        (HalfCheetahVelEnv, {"velocity_high": float("nan")}, "finite"),
+        (HalfCheetahVelEnv, {"ctrl_cost_weight": -0.1}, "ctrl_cost_weight"),
+        (AntVelEnv, {"healthy_z_range": (1.0, 0.2)}, "healthy_z_range"),
+        (AntVelEnv, {"reset_noise_scale": -1.0}, "reset_noise_scale"),
+        (HalfCheetahVelVectorEnv, {"num_envs": 2, "num_threads": 0}, "num_threads"),
+    ],
+)
+def test_bad_kwargs(factory, kwargs, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        factory(**kwargs)
+
+
+def test_bad_tasks_and_calls() -> None:
+    env = make_single("metarl/HalfCheetahDir-v0")
+    with pytest.raises(ValueError, match="direction"):
+        env.task = {"direction": 0.5}
+    with pytest.raises(ValueError, match="key 'direction'"):
+        env.task = {"velocity": 1.0}
+    with pytest.raises(ValueError, match="non-negative integer"):
+        env.sample_tasks(-1, np.random.default_rng(0))
+    vec = make_batched("metarl/HalfCheetahDir-v0", num_envs=2)
+    with pytest.raises(ValueError, match="key 'direction'"):
+        vec.set_attr("task", [{"direction": 1.0}, {"velocity": 1.0}])
+    with pytest.raises(RuntimeError, match="before reset"):
+        vec.step(np.zeros((2, 6)))
+    vec.reset(seed=0)
+    with pytest.raises(ValueError, match="shape"):
+        vec.step(np.zeros((3, 6)))
+    vec.close()
+
+
+def test_default_threads_and_pickle() -> None:
+    vec = make_batched("metarl/HalfCheetahVel-v0", num_envs=2, num_threads=None)
+    assert vec.num_threads == os.cpu_count()
+    vec.close()
+    env = pickle.loads(pickle.dumps(make_single("metarl/AntVel-v0", velocity_high=1.0, healthy_reward=2.0)))
+    assert env.task_family == GoalVelocityTasks(0.0, 1.0) and env.params.healthy_reward == 2.0
+    assert isinstance(make_single("metarl/AntDir-v0").task_family, GoalDirectionTasks)
+
+
+# --------------------------------------------------------------------------- single vs batched
+
+
+def _assert_info_matches(single_info: dict, batched_info: dict, i: int, where: str) -> None:
+    assert set(single_info) <= set(batched_info), where
+    for key, value in single_info.items():
+        np.testing.assert_allclose(batched_info[key][i], value, **TOLERANCE, err_msg=f"{where}: info[{key!r}]")
+
+
+def _compare_rollouts(
+    env_id: str, num_steps: int, action_scale: np.ndarray, num_threads: int = 2, **kwargs
+) -> np.ndarray:
+    """Step a batched env and NUM_ENVS single envs with the same tasks, seeds and actions.
+
+    Returns the step at which each sub-episode terminated (-1: never). Actions reach outside
+    the action bounds (``action_scale > 1``); a sub-episode is compared up to its termination.
+    """
+    vec = make_batched(env_id, num_threads=num_threads, **kwargs)
+    tasks = vec.unwrapped.sample_tasks(NUM_ENVS, np.random.default_rng(0))
+    vec.set_attr("task", tasks)
+    seeds = [100 + 7 * i for i in range(NUM_ENVS)]
+    obs, info = vec.reset(seed=seeds)
+    assert obs.dtype == np.float64 and obs.shape == (NUM_ENVS, *vec.single_observation_space.shape)
+    singles = []
+    for i, (task, seed) in enumerate(zip(tasks, seeds)):
+        single = make_single(env_id, **kwargs)
+        single.task = task
+        single_obs, single_info = single.reset(seed=seed)
+        np.testing.assert_allclose(obs[i], single_obs, **TOLERANCE, err_msg=f"reset obs {i}")
+        _assert_info_matches(single_info, info, i, f"reset {i}")
+        singles.append(single)
+
+    rng = np.random.default_rng(1)
+    high = vec.single_action_space.high
+    terminated_at = np.full(NUM_ENVS, -1)
+    for t in range(num_steps):
+        actions = (rng.uniform(-1.0, 1.0, size=(NUM_ENVS, high.size)) * high * action_scale).astype(np.float32)
+        obs, rewards, terminations, truncations, infos = vec.step(actions)
+        assert rewards.dtype == np.float64 and terminations.dtype == bool and not truncations.any()
+        assert np.isfinite(obs).all() and np.isfinite(rewards).all()
+        for i, single in enumerate(singles):
+            if terminated_at[i] >= 0:
+                assert terminations[i]  # stays terminated until the next reset
+                continue
+            single_obs, single_reward, single_terminated, _, single_info = single.step(actions[i])
+            where = f"step {t}, sub-episode {i}"
+            np.testing.assert_allclose(obs[i], single_obs, **TOLERANCE, err_msg=where)
+            np.testing.assert_allclose(rewards[i], single_reward, **TOLERANCE, err_msg=where)
+            assert terminations[i] == single_terminated, where
+            _assert_info_matches(single_info, infos, i, where)
+            if single_terminated:
+                terminated_at[i] = t
+    vec.close()
+    return terminated_at
+
+
+@pytest.mark.parametrize("env_id", ["metarl/HalfCheetahVel-v0", "metarl/HalfCheetahDir-v0"])
+def test_cheetah_single_vs_batched(env_id: str) -> None:
+    terminated_at = _compare_rollouts(env_id, num_steps=40, action_scale=np.full((NUM_ENVS, 1), 1.5))
+    assert (terminated_at < 0).all()
+
+
+def test_cheetah_single_vs_batched_options() -> None:
+    _compare_rollouts(
+        "metarl/HalfCheetahVel-v0",
+        num_steps=30,
+        action_scale=np.full((NUM_ENVS, 1), 1.5),
+        num_threads=1,
+        exclude_current_positions_from_observation=False,
+        frame_skip=4,
+        ctrl_cost_weight=0.1,
+    )
+
+
+# bang-bang actions make the first three ants jump out of the healthy z range; the rest stay alive
+ANT_ACTION_SCALE = np.array([[1.5], [1.5], [1.5], [0.3], [0.3], [0.3]])
+
+
+@pytest.mark.parametrize("env_id", ["metarl/AntVel-v0", "metarl/AntDir-v0"])
+def test_ant_single_vs_batched(env_id: str) -> None:
+    assert isinstance(make_batched(env_id, num_envs=1).unwrapped._physics, PerEnvPhysics)
+    terminated_at = _compare_rollouts(env_id, num_steps=60, action_scale=ANT_ACTION_SCALE)
+    assert (terminated_at >= 0).any(), "no Ant episode terminated: the termination path is untested"
+    assert (terminated_at < 0).any()
+
+
+def test_ant_without_contact_forces_single_vs_batched() -> None:
+    assert isinstance(make_batched("metarl/AntVel-v0", num_envs=1, **ANT_NO_CONTACT).unwrapped._physics, BatchPhysics)
+    terminated_at = _compare_rollouts(
+        "metarl/AntVel-v0", num_steps=60, action_scale=ANT_ACTION_SCALE, num_threads=2, **ANT_NO_CONTACT
+    )
+    assert (terminated_at >= 0).any()
+
+
+def test_ant_single_vs_batched_one_thread_no_termination_flag() -> None:
+    terminated_at = _compare_rollouts(
+        "metarl/AntDir-v0",
+        num_steps=30,
+        action_scale=ANT_ACTION_SCALE,
+        num_threads=1,
+        terminate_when_unhealthy=False,
+    )
+    assert (terminated_at < 0).all()
+
+
+@pytest.mark.parametrize("env_id", ["metarl/HalfCheetahVel-v0", "metarl/AntVel-v0"])
+def test_reset_seeding_matches_single(env_id: str) -> None:
+    """An int seed expands to seed + i; reset() without seed continues each episode's generator."""
+    vec = make_batched(env_id, num_envs=3)
+    obs_first, _ = vec.reset(seed=11)
+    obs_second, _ = vec.reset()
+    np.testing.assert_array_equal(vec.reset(seed=11)[0], obs_first)
+    for i in range(3):
+        single = make_single(env_id)
+        np.testing.assert_array_equal(single.reset(seed=11 + i)[0], obs_first[i])
+        np.testing.assert_array_equal(single.reset()[0], obs_second[i])
+    vec.close()
