@@ -28,3 +28,4 @@ _register("metarl/HalfCheetahVel-v0", "envs.locomotion:HalfCheetahVelEnv", "envs
 _register("metarl/HalfCheetahDir-v0", "envs.locomotion:HalfCheetahDirEnv", "envs.locomotion:HalfCheetahDirVectorEnv", 200)
 _register("metarl/AntVel-v0", "envs.locomotion:AntVelEnv", "envs.locomotion:AntVelVectorEnv", 200)
 _register("metarl/AntDir-v0", "envs.locomotion:AntDirEnv", "envs.locomotion:AntDirVectorEnv", 200)
+_register("metarl/Sinusoid-v0", "envs.sinusoid:SinusoidEnv", "envs.sinusoid:SinusoidVectorEnv", 1)

@@ -108,6 +108,8 @@ class SupervisedConfig:
 
     shots: int = _f(5, "K support samples per task", gt=0)
     query_size: int = _f(10, "query samples per task for the outer loss", gt=0)
+    eval_query_size: int = _f(100, "query points per task for the evaluation MSE", gt=0)
+    log_every: int = _f(100, "log the mean of the per-iteration metrics every N iterations", gt=0)
 
 
 @dataclass
