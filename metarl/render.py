@@ -1,0 +1,650 @@
+"""Render adapted policies: MuJoCo videos, 2D-navigation trajectories, sinusoid fits, benchmark figures.
+
+Every renderer follows the same protocol as :func:`metarl.evaluation.evaluate_adaptation`:
+on the chosen tasks, :func:`adapt_tasks` samples ``episodes`` trajectories per task with the
+current parameters and takes one inner step (metarl's REINFORCE inner loop, step sizes
+``alpha`` then ``alpha/2``: ``inner_step_sizes(lr, k, decay_after_first=True)``), ``k`` times.
+The renderers then roll out the parameters reached after 0, 1, ..., k steps in a single
+(non-vectorised) env, with the policy mean (default) or with sampled actions.
+
+* MuJoCo task envs (:func:`render_video`): an mp4 (imageio-ffmpeg), optionally a gif, with the
+  task, the adaptation step and the running return drawn on every frame.
+* 2D navigation (:func:`render_navigation`): a PNG of the trajectories after each step for
+  several tasks, goal marked.
+* Sinusoid (:func:`render_sinusoid`): a PNG of the predicted curve after each step vs the truth.
+  Supervised checkpoints (``maml.loss=supervised``) adapt with plain SGD steps of
+  ``maml.inner_lr`` on K labelled shots (as :func:`metarl.supervised.evaluate_regression`);
+  policy-gradient checkpoints adapt with the RL inner loop above.
+
+Also :func:`plot_adaptation_curves`, the MAML paper's figure (return vs number of gradient
+steps, one line per method) used by ``scripts/benchmark.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence
+
+import gymnasium
+import numpy as np
+import torch
+
+from envs.base import Task
+from metarl.checkpoint import load_checkpoint, policy_from_checkpoint, resolve_checkpoint
+from metarl.config import Config
+from metarl.maml import inner_step_sizes, sample_meta_batch
+from metarl.policy import GaussianMLPPolicy, Params, is_stacked, stack_params
+from metarl.sampler import Sampler, make_task_env
+from metarl.trainer import adaptation_settings, torch_dtype
+
+RenderKind = Literal["video", "navigation", "sinusoid"]
+
+STEP_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def ensure_offscreen_gl() -> str:
+    """Select MuJoCo's headless EGL backend unless ``MUJOCO_GL`` is already set; return the backend.
+
+    gymnasium reads ``MUJOCO_GL`` when the first frame is rendered, so calling this before the
+    first ``render()`` is enough.
+    """
+    backend = os.environ.setdefault("MUJOCO_GL", "egl")
+    if backend in ("egl", "osmesa"):
+        os.environ.setdefault("PYOPENGL_PLATFORM", backend)
+    return backend
+
+
+def load_policy(path: str | Path) -> tuple[GaussianMLPPolicy, Config, Path]:
+    """The policy, config and resolved file of a metarl checkpoint (file, checkpoints dir or run dir).
+
+    Raises ``FileNotFoundError`` when there is no checkpoint at ``path`` and ``ValueError`` when
+    the file is not a readable metarl checkpoint.
+    """
+    file = resolve_checkpoint(path)
+    try:
+        payload = load_checkpoint(file)
+        policy = policy_from_checkpoint(payload)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # torch.load / unpickling / missing keys: all mean "not a checkpoint"
+        raise ValueError(f"{file} is not a readable metarl checkpoint ({type(exc).__name__}: {exc})") from exc
+    config: Config = payload["config"]
+    return policy.to(torch_dtype(config.train.dtype)), config, file
+
+
+def parse_task(spec: str, template: Task) -> Task:
+    """A task from a JSON object (``'{"velocity": 1.5}'``) or ``key=value,...`` (``goal_x=0.3,goal_y=-0.2``).
+
+    ``template`` is one task of the env (e.g. its default task): the spec must give exactly
+    its keys, each a finite number. The env may validate further when the task is set.
+    """
+    spec = spec.strip()
+    keys = sorted(template)
+    example = ",".join(f"{k}=..." for k in keys)
+    if spec.startswith("{"):
+        try:
+            raw = json.loads(spec)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"task spec {spec!r} is not valid JSON ({exc}); expected e.g. {example}") from exc
+        if not isinstance(raw, dict):
+            raise ValueError(f"task spec {spec!r} must be a JSON object")
+    else:
+        raw = {}
+        for item in filter(None, (part.strip() for part in spec.split(","))):
+            if "=" not in item:
+                raise ValueError(f"task spec {spec!r}: item {item!r} is not key=value; expected e.g. {example}")
+            key, value = (s.strip() for s in item.split("=", 1))
+            raw[key] = value
+    if sorted(raw) != keys:
+        raise ValueError(f"task spec {spec!r} has keys {sorted(raw)}; this env's tasks need exactly {keys}")
+    task: dict[str, float] = {}
+    for key in keys:
+        try:
+            value = float(raw[key])
+        except (TypeError, ValueError):
+            raise ValueError(f"task spec {spec!r}: {key}={raw[key]!r} is not a number") from None
+        if not math.isfinite(value):
+            raise ValueError(f"task spec {spec!r}: {key}={value} is not finite")
+        task[key] = value
+    return task
+
+
+def render_kind(env: gymnasium.Env) -> RenderKind:
+    """How an env's adapted policies are rendered; ``NotImplementedError`` naming the env otherwise."""
+    from gymnasium.envs.mujoco import MujocoEnv
+
+    from envs.navigation import Navigation2DEnv
+    from envs.sinusoid import SinusoidEnv
+
+    inner = env.unwrapped
+    if isinstance(inner, Navigation2DEnv):
+        return "navigation"
+    if isinstance(inner, SinusoidEnv):
+        return "sinusoid"
+    if isinstance(inner, MujocoEnv):
+        return "video"
+    raise NotImplementedError(
+        f"rendering is implemented for MuJoCo task envs, 2D navigation and the sinusoid; "
+        f"{env.spec.id if env.spec else type(inner).__name__} ({type(inner).__name__}) has no renderer"
+    )
+
+
+def env_slug(env_id: str) -> str:
+    """A short file-name-safe name of an env id: ``metarl/HalfCheetahVel-v0`` -> ``halfcheetahvel``."""
+    name = env_id.split("/")[-1].split("-v")[0]
+    return "".join(c for c in name.lower() if c.isalnum())
+
+
+def format_task(task: Task, digits: int = 2) -> str:
+    """``velocity=1.23`` / ``goal_x=0.10, goal_y=-0.30``."""
+    return ", ".join(f"{k}={v:.{digits}f}" for k, v in task.items())
+
+
+# --------------------------------------------------------------------------- adaptation
+
+
+@dataclass(frozen=True)
+class AdaptationTrace:
+    """Per-task parameters after 0..k inner steps, and the returns of the episodes they were adapted on."""
+
+    tasks: list[Task]
+    params: list[Params]
+    """Step ``k``'s parameters, stacked per task (``params[0]``: before adaptation)."""
+    step_sizes: list[float]
+    sampled_returns: np.ndarray
+    """``[k + 1, n]`` mean return of the sampled (stochastic) episodes of each task at each step."""
+
+    @property
+    def num_steps(self) -> int:
+        """``k``, the number of inner steps."""
+        return len(self.step_sizes)
+
+    def task_params(self, step: int, task_index: int) -> Params:
+        """Shared (unstacked) parameters of one task after ``step`` inner steps."""
+        return {name: value[task_index] for name, value in self.params[step].items()}
+
+
+def adapt_tasks(
+    policy: GaussianMLPPolicy,
+    config: Config,
+    tasks: Sequence[Task],
+    num_steps: int,
+    episodes_per_task: int,
+    seed: int,
+    inner_lr: float | None = None,
+) -> AdaptationTrace:
+    """Adapt to every task at once with metarl's inner loop (alpha, then alpha/2), as the evaluation does.
+
+    Each of the ``num_steps`` steps re-samples ``episodes_per_task`` trajectories with the
+    current per-task parameters (:func:`metarl.maml.sample_meta_batch`). Randomness comes
+    only from generators seeded with ``seed``.
+    """
+    if num_steps < 0 or episodes_per_task < 1 or not tasks:
+        raise ValueError(f"need num_steps >= 0, episodes_per_task >= 1 and at least one task, got "
+                         f"{num_steps}, {episodes_per_task}, {len(tasks)} tasks")
+    lrs = inner_step_sizes(config.maml.inner_lr if inner_lr is None else inner_lr, num_steps, decay_after_first=True)
+    rng = np.random.default_rng(seed)
+    generator = torch.Generator().manual_seed(seed)
+    e = config.env
+    sampler = Sampler(e.id, len(tasks), episodes_per_task, e.horizon, e.kwargs, e.vector_kwargs, e.vectorization,
+                      torch_dtype(config.train.dtype))
+    try:
+        batch, used = sample_meta_batch(sampler, policy, policy.params(), list(tasks), adaptation_settings(config),
+                                        rng, generator, lrs=lrs)
+    finally:
+        sampler.close()
+    stacked = [p if is_stacked(p) else stack_params(p, len(tasks)) for p in used]
+    returns = np.stack([ep.episode_returns().mean(1).double().numpy() for ep in [*batch.train, batch.valid]])
+    return AdaptationTrace(list(tasks), stacked, lrs, returns)
+
+
+def step_label(step: int, trace: AdaptationTrace) -> str:
+    """``before adaptation`` / ``after 2 steps (alpha=0.1, 0.05)``."""
+    if step == 0:
+        return "before adaptation"
+    sizes = ", ".join(f"{lr:g}" for lr in trace.step_sizes[:step])
+    return f"after {step} step{'s' if step > 1 else ''} (alpha={sizes})"
+
+
+# --------------------------------------------------------------------------- rollouts
+
+
+@dataclass
+class Rollout:
+    """One episode of one task with fixed parameters."""
+
+    observations: np.ndarray
+    """``[T + 1, obs_dim]``, the reset observation first."""
+    rewards: np.ndarray
+    """``[T]``."""
+    terminated: bool
+
+    @property
+    def episode_return(self) -> float:
+        """Undiscounted return."""
+        return float(self.rewards.sum())
+
+
+def policy_action(
+    policy: GaussianMLPPolicy, params: Params, obs: np.ndarray, generator: torch.Generator | None
+) -> np.ndarray:
+    """The policy mean (``generator=None``) or a sample ``mean + std * noise`` for one observation."""
+    dtype = params["log_std"].dtype
+    with torch.no_grad():
+        mean, log_std = policy(torch.as_tensor(np.asarray(obs), dtype=dtype).reshape(1, -1), params)
+        if generator is not None:
+            mean = mean + torch.randn(mean.shape, generator=generator, dtype=dtype) * log_std.exp()
+    return mean[0].numpy()
+
+
+def rollout(
+    policy: GaussianMLPPolicy,
+    params: Params,
+    env: gymnasium.Env,
+    task: Task,
+    horizon: int,
+    seed: int,
+    generator: torch.Generator | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> Rollout:
+    """Run one episode of ``task`` for at most ``horizon`` steps (mean actions unless ``generator`` is given).
+
+    ``on_step(t, running_return)`` is called after the reset (``t = 0``) and after every step,
+    e.g. to grab a rendered frame.
+    """
+    env.unwrapped.task = task
+    obs, _ = env.reset(seed=seed)
+    observations, rewards = [np.asarray(obs, dtype=np.float64)], []
+    terminated = False
+    if on_step is not None:
+        on_step(0, 0.0)
+    for t in range(horizon):
+        obs, reward, terminated, truncated, _ = env.step(policy_action(policy, params, obs, generator))
+        observations.append(np.asarray(obs, dtype=np.float64))
+        rewards.append(float(reward))
+        if on_step is not None:
+            on_step(t + 1, float(np.sum(rewards)))
+        if terminated or truncated:
+            break
+    return Rollout(np.stack(observations), np.asarray(rewards), bool(terminated))
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+@dataclass
+class RenderResult:
+    """What a renderer wrote, and the returns of the rendered episodes."""
+
+    kind: RenderKind
+    files: list[Path]
+    tasks: list[Task]
+    returns: list[list[float]]
+    """``[n][k + 1]`` return of the rendered episode of each task after each step."""
+    sampled_returns: list[list[float]]
+    """``[n][k + 1]`` mean return of the stochastic episodes each step adapted on."""
+    step_sizes: list[float]
+    actions: str
+    num_frames: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-serialisable description."""
+        return {"kind": self.kind, "files": [str(f) for f in self.files], "tasks": self.tasks,
+                "returns": self.returns, "sampled_returns": self.sampled_returns, "step_sizes": self.step_sizes,
+                "actions": self.actions, "num_frames": self.num_frames, **self.extra}
+
+
+def _actions_label(stochastic: bool) -> str:
+    return "sampled actions" if stochastic else "policy mean actions"
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    return ImageFont.load_default(size=size)
+
+
+def overlay_text(frame: np.ndarray, lines: Sequence[str], font_size: int = 14) -> np.ndarray:
+    """``frame`` (``[H, W, 3]`` uint8) with ``lines`` drawn top-left on a translucent dark box."""
+    from PIL import Image, ImageDraw
+
+    image = Image.fromarray(np.ascontiguousarray(frame)).convert("RGBA")
+    layer = Image.new("RGBA", image.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(layer)
+    font = _font(font_size)
+    pad, spacing = 6, 3
+    widths = [draw.textbbox((0, 0), line, font=font)[2] for line in lines]
+    height = len(lines) * (font_size + spacing) + 2 * pad
+    draw.rectangle((0, 0, max(widths, default=0) + 2 * pad, height), fill=(0, 0, 0, 150))
+    for i, line in enumerate(lines):
+        draw.text((pad, pad + i * (font_size + spacing)), line, font=font, fill=(255, 255, 255, 255))
+    return np.asarray(Image.alpha_composite(image, layer).convert("RGB"))
+
+
+def render_video(
+    policy: GaussianMLPPolicy,
+    config: Config,
+    trace: AdaptationTrace,
+    path: Path,
+    seed: int,
+    stochastic: bool = False,
+    gif_path: Path | None = None,
+    width: int = 480,
+    height: int = 320,
+    gif_stride: int = 2,
+    gif_scale: float = 0.5,
+) -> RenderResult:
+    """An mp4 of the first task's episode before adaptation and after each inner step, text overlaid.
+
+    Every segment is one episode: the frame after the reset, then one frame per step
+    (``horizon + 1`` frames unless the episode terminates early). The gif, if asked for, keeps
+    every ``gif_stride``-th frame at ``gif_scale`` size to stay small. Uses the env's ``track``
+    camera when its model has one (it follows the robot).
+    """
+    import imageio.v2 as imageio
+    from PIL import Image
+
+    ensure_offscreen_gl()
+    task = trace.tasks[0]
+    try:
+        env = gymnasium.make(config.env.id, max_episode_steps=config.env.horizon, render_mode="rgb_array",
+                             width=width, height=height, camera_name="track", **config.env.kwargs)
+    except TypeError as exc:
+        raise ValueError(f"{config.env.id} cannot render rgb_array frames (does its constructor accept "
+                         f"render_mode/width/height/camera_name?): {exc}") from exc
+    fps = int(env.metadata.get("render_fps") or round(1.0 / env.unwrapped.dt))
+    generator = torch.Generator().manual_seed(seed) if stochastic else None
+    name = config.env.id.split("/")[-1]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = imageio.get_writer(path, fps=fps, codec="libx264", macro_block_size=8, ffmpeg_log_level="error")
+    gif_frames: list[Image.Image] = []
+    count = 0
+    returns: list[float] = []
+    try:
+        for step in range(trace.num_steps + 1):
+            header = [f"{name}   task: {format_task(task)}",
+                      f"step {step}/{trace.num_steps}: {step_label(step, trace)}"]
+
+            def grab(t: int, running: float) -> None:
+                nonlocal count
+                lines = [*header, f"t={t:3d}   return={running:8.2f}   ({_actions_label(stochastic)})"]
+                frame = overlay_text(env.render(), lines)
+                writer.append_data(frame)
+                if count % gif_stride == 0 and gif_path is not None:
+                    small = Image.fromarray(frame)
+                    size = (max(1, int(frame.shape[1] * gif_scale)), max(1, int(frame.shape[0] * gif_scale)))
+                    gif_frames.append(small.resize(size, Image.Resampling.BILINEAR))
+                count += 1
+
+            episode = rollout(policy, trace.task_params(step, 0), env, task, config.env.horizon, seed + step,
+                              generator, grab)
+            returns.append(episode.episode_return)
+    finally:
+        writer.close()
+        env.close()
+    files = [path]
+    if gif_path is not None:
+        gif_path.parent.mkdir(parents=True, exist_ok=True)
+        gif_frames[0].save(gif_path, save_all=True, append_images=gif_frames[1:],
+                           duration=int(1000 * gif_stride / fps), loop=0)
+        files.append(gif_path)
+    return RenderResult("video", files, [task], [returns], trace.sampled_returns[:, :1].T.tolist(),
+                        trace.step_sizes, _actions_label(stochastic), count, {"fps": fps})
+
+
+def _subplot_grid(n: int) -> tuple[int, int]:
+    cols = min(n, 4)
+    return math.ceil(n / cols), cols
+
+
+def render_navigation(
+    policy: GaussianMLPPolicy, config: Config, trace: AdaptationTrace, path: Path, seed: int, stochastic: bool = False
+) -> RenderResult:
+    """A PNG with one panel per task: the trajectory after 0..k steps, start and goal marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    env = make_task_env(config.env.id, config.env.horizon, config.env.kwargs)
+    generator = torch.Generator().manual_seed(seed) if stochastic else None
+    rows, cols = _subplot_grid(len(trace.tasks))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 4.4 * rows), squeeze=False)
+    returns: list[list[float]] = []
+    inner = env.unwrapped
+    low, high = getattr(inner, "goal_low", -0.5), getattr(inner, "goal_high", 0.5)
+    try:
+        for i, task in enumerate(trace.tasks):
+            ax = axes[i // cols][i % cols]
+            task_returns = []
+            for step in range(trace.num_steps + 1):
+                episode = rollout(policy, trace.task_params(step, i), env, task, config.env.horizon, seed + step,
+                                  generator)
+                task_returns.append(episode.episode_return)
+                xy = episode.observations[:, :2]
+                ax.plot(xy[:, 0], xy[:, 1], "-", color=STEP_COLORS[step % len(STEP_COLORS)], lw=1.5,
+                        label=f"{step} step{'s' if step != 1 else ''}: {episode.episode_return:.1f}")
+            returns.append(task_returns)
+            ax.plot(0, 0, "ko", ms=5)
+            ax.plot(task["goal_x"], task["goal_y"], "*", color="gold", mec="k", ms=16, label="goal")
+            ax.add_patch(plt.Rectangle((low, low), high - low, high - low, fill=False, ls=":", color="grey"))
+            margin = 0.15 * (high - low)
+            ax.set_xlim(low - margin, high + margin)
+            ax.set_ylim(low - margin, high + margin)
+            ax.set_aspect("equal")
+            ax.set_title(f"goal ({task['goal_x']:.2f}, {task['goal_y']:.2f})", fontsize=10)
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=3, title="return",
+                      title_fontsize=7, frameon=False)
+        for j in range(len(trace.tasks), rows * cols):
+            axes[j // cols][j % cols].axis("off")
+        sizes = ", ".join(f"{lr:g}" for lr in trace.step_sizes) or "none"
+        fig.suptitle(f"{config.env.id}: trajectories after 0..{trace.num_steps} inner steps "
+                     f"(step sizes {sizes}; {_actions_label(stochastic)})", fontsize=10)
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+        env.close()
+    return RenderResult("navigation", [path], trace.tasks, returns, trace.sampled_returns.T.tolist(),
+                        trace.step_sizes, _actions_label(stochastic))
+
+
+def render_sinusoid(
+    policy: GaussianMLPPolicy,
+    config: Config,
+    tasks: Sequence[Task],
+    num_steps: int,
+    path: Path,
+    seed: int,
+    episodes_per_task: int,
+    grid_size: int = 200,
+) -> RenderResult:
+    """A PNG with one panel per task: the model's curve (policy mean) after 0..k steps vs the true sinusoid.
+
+    Supervised checkpoints adapt on ``supervised.shots`` labelled points (marked) with plain SGD
+    steps of ``maml.inner_lr``; policy-gradient checkpoints adapt with the RL inner loop on
+    ``episodes_per_task`` one-step episodes (alpha, then alpha/2).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from envs.sinusoid import sinusoid, task_arrays
+
+    env = make_task_env(config.env.id, config.env.horizon, config.env.kwargs).unwrapped
+    n = len(tasks)
+    dtype = torch_dtype(config.train.dtype)
+    xs = np.linspace(env.x_low, env.x_high, grid_size)
+    grid = torch.as_tensor(np.broadcast_to(xs[None, :, None], (n, grid_size, 1)).copy(), dtype=dtype)
+    support: tuple[np.ndarray, np.ndarray] | None = None
+    if config.maml.loss == "supervised":
+        from metarl.supervised import predictions_after_steps
+
+        rng = np.random.default_rng(seed)
+        sx, sy = env.sample_points(tasks, config.supervised.shots, rng)
+        support = (sx, sy)
+        preds = predictions_after_steps(policy, torch.as_tensor(sx, dtype=dtype), torch.as_tensor(sy, dtype=dtype),
+                                        grid, list(range(num_steps + 1)), config.maml.inner_lr)
+        curves = [preds[k][..., 0] for k in range(num_steps + 1)]
+        step_sizes = [config.maml.inner_lr] * num_steps
+        how = f"{config.supervised.shots}-shot SGD, lr {config.maml.inner_lr:g}"
+        sampled: list[list[float]] = []
+    else:
+        trace = adapt_tasks(policy, config, tasks, num_steps, episodes_per_task, seed)
+        with torch.no_grad():
+            curves = [policy(grid, p)[0][..., 0].double().numpy() for p in trace.params]
+        step_sizes = trace.step_sizes
+        how = f"RL inner loop, {episodes_per_task} episodes/step, alpha {', '.join(f'{lr:g}' for lr in step_sizes)}"
+        sampled = trace.sampled_returns.T.tolist()
+    amplitude, phase = task_arrays(tasks)
+    truth = sinusoid(xs[None, :], amplitude[:, None], phase[:, None])
+    mse = [[float(np.mean((curves[k][i] - truth[i]) ** 2)) for k in range(num_steps + 1)] for i in range(n)]
+    rows, cols = _subplot_grid(n)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    try:
+        for i, task in enumerate(tasks):
+            ax = axes[i // cols][i % cols]
+            ax.plot(xs, truth[i], "k-", lw=2, label="truth")
+            for k in range(num_steps + 1):
+                ax.plot(xs, curves[k][i], "--", color=STEP_COLORS[k % len(STEP_COLORS)], lw=1.3,
+                        label=f"{k} steps (MSE {mse[i][k]:.2f})")
+            if support is not None:
+                ax.plot(support[0][i, :, 0], support[1][i, :, 0], "^", color="purple", ms=7, label="shots")
+            ax.set_title(f"A={task['amplitude']:.2f}, phase={task['phase']:.2f}", fontsize=10)
+            ax.legend(fontsize=7)
+        for j in range(n, rows * cols):
+            axes[j // cols][j % cols].axis("off")
+        fig.suptitle(f"{config.env.id}: predictions after 0..{num_steps} steps ({how})", fontsize=10)
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+    finally:
+        plt.close(fig)
+    return RenderResult("sinusoid", [path], list(tasks), [[-m for m in row] for row in mse], sampled, step_sizes,
+                        "policy mean (the regressor's output)", extra={"mse": mse})
+
+
+# --------------------------------------------------------------------------- the whole pipeline
+
+
+def render_checkpoint(
+    checkpoint: str | Path,
+    output_dir: Path | None = None,
+    task_spec: str | None = None,
+    num_steps: int = 3,
+    num_tasks: int | None = None,
+    episodes_per_task: int | None = None,
+    seed: int = 0,
+    stochastic: bool = False,
+    gif: bool = False,
+    width: int = 480,
+    height: int = 320,
+) -> RenderResult:
+    """Load a checkpoint, choose or sample tasks, adapt, and write the env's rendering under ``output_dir``.
+
+    Defaults: ``output_dir`` = ``<run dir>/render``; one task for videos, four for plots;
+    ``episodes_per_task`` = ``eval.episodes_per_step``. Writes ``render_<env>.{mp4,gif,png}``
+    and ``render_<env>.json`` (tasks, returns, settings).
+    """
+    if num_steps < 0:
+        raise ValueError(f"num_steps must be >= 0, got {num_steps}")
+    policy, config, file = load_policy(checkpoint)
+    env = make_task_env(config.env.id, config.env.horizon, config.env.kwargs)
+    try:
+        kind = render_kind(env)
+        if task_spec is not None:
+            task = parse_task(task_spec, env.unwrapped.task)
+            env.unwrapped.task = task  # the env validates the values (e.g. a direction must be +-1)
+            tasks = [env.unwrapped.task]
+            if num_tasks not in (None, 1):
+                raise ValueError(f"--task gives one task; do not combine it with num_tasks={num_tasks}")
+        else:
+            n = num_tasks if num_tasks is not None else (1 if kind == "video" else 4)
+            if n < 1:
+                raise ValueError(f"num_tasks must be >= 1, got {n}")
+            tasks = env.unwrapped.sample_tasks(n, np.random.default_rng(seed))
+    finally:
+        env.close()
+    if kind == "video" and len(tasks) != 1:
+        raise ValueError(f"a video shows one task; got num_tasks={len(tasks)}")
+    out = output_dir if output_dir is not None else file.parent.parent / "render"
+    stem = out / f"render_{env_slug(config.env.id)}"
+    episodes = episodes_per_task if episodes_per_task is not None else config.eval.episodes_per_step
+    if kind == "sinusoid":
+        result = render_sinusoid(policy, config, tasks, num_steps, stem.with_suffix(".png"), seed, episodes)
+    else:
+        trace = adapt_tasks(policy, config, tasks, num_steps, episodes, seed)
+        if kind == "video":
+            result = render_video(policy, config, trace, stem.with_suffix(".mp4"), seed, stochastic,
+                                  stem.with_suffix(".gif") if gif else None, width, height)
+        else:
+            result = render_navigation(policy, config, trace, stem.with_suffix(".png"), seed, stochastic)
+    result.extra.update({"checkpoint": str(file), "env_id": config.env.id, "seed": seed,
+                         "episodes_per_step": episodes})
+    summary = stem.with_suffix(".json")
+    summary.write_text(json.dumps(result.summary(), indent=2))
+    result.files.append(summary)
+    return result
+
+
+# --------------------------------------------------------------------------- benchmark figure
+
+
+def plot_adaptation_curves(
+    results: dict[str, dict[str, Any]],
+    path: Path,
+    title: str,
+    flat: Sequence[str] = (),
+    reference: dict[str, Sequence[float]] | None = None,
+) -> Path:
+    """The MAML paper's figure: mean return vs number of gradient steps, one line per method, 95% CI bars.
+
+    ``results[name]["steps"]`` is :func:`metarl.evaluation.evaluate_adaptation`'s list; methods in
+    ``flat`` (e.g. an oracle evaluated without adaptation) are drawn as a dashed horizontal line
+    with a band; ``reference`` curves (e.g. the paper's numbers) are drawn faint and dotted.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.0, 4.2))
+    try:
+        max_step = max(s["step"] for r in results.values() for s in r["steps"])
+        for i, (name, result) in enumerate(results.items()):
+            color = STEP_COLORS[i % len(STEP_COLORS)]
+            steps = np.array([s["step"] for s in result["steps"]])
+            mean = np.array([s["mean_return"] for s in result["steps"]])
+            ci = np.nan_to_num(np.array([s["ci95"] for s in result["steps"]], dtype=float))
+            if name in flat:
+                ax.axhline(mean[0], color=color, ls="--", lw=1.5, label=f"{name} (no adaptation)")
+                ax.axhspan(mean[0] - ci[0], mean[0] + ci[0], color=color, alpha=0.15)
+            else:
+                ax.errorbar(steps, mean, yerr=ci, color=color, marker="o", ms=5, capsize=4, lw=1.8, label=name)
+        colors = {name: STEP_COLORS[i % len(STEP_COLORS)] for i, name in enumerate(results)}
+        for j, (name, values) in enumerate((reference or {}).items()):
+            # "MAML (paper)" takes the colour of "MAML"
+            color = colors.get(name.split(" (")[0], STEP_COLORS[(len(results) + j) % len(STEP_COLORS)])
+            ax.plot(range(len(values)), values, ":", marker="x", color=color, alpha=0.6, lw=1, label=name)
+        ax.set_xticks(range(max_step + 1))
+        ax.set_xlabel("number of gradient steps")
+        ax.set_ylabel("average return")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return path
