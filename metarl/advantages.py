@@ -51,9 +51,10 @@ def linear_feature_baseline(
 ) -> Tensor:
     """Fit one ridge regression of returns on :func:`baseline_features` per task; return the fitted values.
 
-    All tasks are solved in one batched ``linalg.solve`` in float64. The ridge term makes the
+    All tasks are solved in one batched Cholesky solve in float64. The ridge term makes the
     normal equations positive definite even when features are rank deficient (e.g. constant
-    observations); if the solution is still not finite, the ridge grows x10 (``max_tries`` times).
+    observations); if the factorisation still fails numerically (not positive definite in
+    floating point, or a non-finite solution), the ridge grows x10 (``max_tries`` times).
     """
     features = baseline_features(observations.double(), mask.double())  # [T, n, B, F]
     t, n, b, f = features.shape
@@ -64,8 +65,9 @@ def linear_feature_baseline(
     eye = torch.eye(f, dtype=gram.dtype, device=gram.device)
     reg = reg_coeff
     for _ in range(max_tries):
-        weights = torch.linalg.solve(gram + reg * eye, rhs)
-        if torch.isfinite(weights).all():
+        factor, info = torch.linalg.cholesky_ex(gram + reg * eye)  # symmetric positive definite
+        weights = torch.cholesky_solve(rhs, factor)
+        if not info.any() and torch.isfinite(weights).all():
             break
         reg *= 10.0
     else:

@@ -48,7 +48,7 @@ from torch import nn
 
 from envs.base import Task, check_task_env
 from metarl.config import Config, PolicyConfig
-from metarl.evaluation import evaluate_adaptation
+from metarl.evaluation import PAPER_REFERENCE, evaluate_adaptation
 from metarl.maml import inner_step_sizes
 from metarl.policy import GaussianMLPPolicy
 from metarl.render import load_policy
@@ -58,15 +58,6 @@ Role = Literal["pretrained", "oracle"]
 METHODS = ("maml", "pretrained", "random", "oracle")
 DISPLAY_NAMES = {"maml": "MAML", "pretrained": "pretrained", "random": "random", "oracle": "oracle"}
 ACTIVATION_MODULES: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
-
-PAPER_REFERENCE: dict[tuple[str, int], dict[str, list[float]]] = {
-    ("metarl/Navigation2D-v0", 100): {"MAML (paper)": [-39, -11, -3.3, -3.1],
-                                      "pretrained (paper)": [-40, -20, -12, -8]},
-    ("metarl/HalfCheetahVel-v0", 200): {"MAML (paper)": [-129, -78, -67, -61],
-                                        "pretrained (paper)": [-158, -136, -128, -134]},
-    ("metarl/AntVel-v0", 200): {"MAML (paper)": [31, 96, 99, 100], "pretrained (paper)": [-2, 6, 9, 10]},
-}
-"""Average return after 0..3 steps read off the MAML paper's figures (±10%), by (env id, horizon)."""
 
 Log = Callable[[str], None]
 
@@ -227,8 +218,7 @@ def metarl_policy_from_sb3(sb3_policy: Any, policy_config: PolicyConfig, dtype: 
     obs_space, act_space = sb3_policy.observation_space, sb3_policy.action_space
     if len(obs_space.shape) != 1 or len(act_space.shape) != 1:
         raise ValueError(f"need flat observation and action spaces, got {obs_space.shape} and {act_space.shape}")
-    policy = GaussianMLPPolicy(obs_space.shape[0], act_space.shape[0], policy_config.hidden_sizes,
-                               policy_config.activation, policy_config.init_std)
+    policy = GaussianMLPPolicy.from_config(policy_config, obs_space.shape[0], act_space.shape[0])
     state = sb3_actor_state(sb3_policy, policy_config.activation)
     try:
         policy.load_state_dict(state)

@@ -60,8 +60,6 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 def policy_from_checkpoint(payload: dict[str, Any]) -> GaussianMLPPolicy:
     """Rebuild the policy a checkpoint was written from, with its weights."""
     cfg: Config = payload["config"]
-    policy = GaussianMLPPolicy(
-        payload["obs_dim"], payload["act_dim"], cfg.policy.hidden_sizes, cfg.policy.activation, cfg.policy.init_std
-    )
+    policy = GaussianMLPPolicy.from_config(cfg.policy, payload["obs_dim"], payload["act_dim"])
     policy.load_state_dict(payload["policy"])
     return policy

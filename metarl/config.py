@@ -50,6 +50,9 @@ class PolicyConfig:
     hidden_sizes: list[int] = _f([64, 64], "hidden layer widths")
     activation: Literal["tanh", "relu"] = _f("tanh", "hidden activation")
     init_std: float = _f(1.0, "initial action standard deviation", gt=0)
+    init: Literal["glorot", "fan_in"] = _f(
+        "glorot", "weight init: Glorot-uniform with zero biases (rllab), or torch.nn.Linear's fan-in uniform"
+    )
 
 
 @dataclass

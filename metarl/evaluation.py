@@ -15,6 +15,16 @@ from metarl.sampler import Sampler, make_task_env
 from metarl.trainer import adaptation_settings, torch_dtype
 
 
+PAPER_REFERENCE: dict[tuple[str, int], dict[str, list[float]]] = {
+    ("metarl/Navigation2D-v0", 100): {"MAML (paper)": [-39, -11, -3.3, -3.1],
+                                      "pretrained (paper)": [-40, -20, -12, -8]},
+    ("metarl/HalfCheetahVel-v0", 200): {"MAML (paper)": [-129, -78, -67, -61],
+                                        "pretrained (paper)": [-158, -136, -128, -134]},
+    ("metarl/AntVel-v0", 200): {"MAML (paper)": [31, 96, 99, 100], "pretrained (paper)": [-2, 6, 9, 10]},
+}
+"""Average return after 0..3 steps read off the MAML paper's figures (±10%), by (env id, horizon)."""
+
+
 def mean_ci95(values: np.ndarray) -> tuple[float, float]:
     """Mean and 95% confidence half-width (normal approximation, 1.96 standard errors)."""
     values = np.asarray(values, dtype=np.float64)

@@ -9,15 +9,20 @@ matmul, so a whole meta-batch with per-task adapted parameters is one forward pa
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from metarl.config import PolicyConfig
 
 Params = dict[str, Tensor]
 """Policy parameters by name (the module's ``named_parameters`` names)."""
 
 ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}
+INITS = ("glorot", "fan_in")
+"""Weight initialisations :meth:`GaussianMLPPolicy.reset_parameters` knows."""
 
 
 class GaussianMLPPolicy(nn.Module):
@@ -30,25 +35,45 @@ class GaussianMLPPolicy(nn.Module):
         hidden_sizes: tuple[int, ...] | list[int] = (64, 64),
         activation: Literal["tanh", "relu"] = "tanh",
         init_std: float = 1.0,
+        init: Literal["glorot", "fan_in"] = "glorot",
     ) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
         if init_std <= 0:
             raise ValueError(f"init_std must be > 0, got {init_std}")
+        if init not in INITS:
+            raise ValueError(f"init must be one of {list(INITS)}, got {init!r}")
         sizes = [obs_dim, *hidden_sizes, act_dim]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         self.log_std = nn.Parameter(torch.full((act_dim,), math.log(init_std)))
         self.activation = activation
+        self.init = init
         self.obs_dim = obs_dim
         self.act_dim = act_dim
 
+    @classmethod
+    def from_config(cls, config: PolicyConfig, obs_dim: int, act_dim: int) -> GaussianMLPPolicy:
+        """The policy a config's ``policy`` section describes (weights as constructed; see :meth:`reset_parameters`)."""
+        return cls(obs_dim, act_dim, config.hidden_sizes, config.activation, config.init_std, config.init)
+
     def reset_parameters(self, generator: torch.Generator) -> None:
-        """Re-initialise weights and biases ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) from ``generator`` (no global RNG)."""
+        """Re-initialise the MLP from ``generator`` (no global RNG); the log-std is left as it is.
+
+        ``"glorot"``: weights ~ U(±sqrt(6 / (fan_in + fan_out))), biases 0 (rllab and
+        pytorch-maml-rl, the MAML-RL references). ``"fan_in"``: weights and biases
+        ~ U(±1 / sqrt(fan_in)) (``torch.nn.Linear``'s default).
+        """
         with torch.no_grad():
             for layer in self.layers:
-                bound = 1.0 / math.sqrt(layer.in_features)
-                for p in (layer.weight, layer.bias):
+                if self.init == "glorot":
+                    bound = math.sqrt(6.0 / (layer.in_features + layer.out_features))
+                    layer.bias.zero_()
+                    tensors = (layer.weight,)
+                else:
+                    bound = 1.0 / math.sqrt(layer.in_features)
+                    tensors = (layer.weight, layer.bias)
+                for p in tensors:
                     p.copy_(torch.rand(p.shape, generator=generator, dtype=p.dtype) * 2 * bound - bound)
 
     def params(self) -> Params:

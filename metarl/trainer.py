@@ -44,9 +44,7 @@ def torch_dtype(name: str) -> torch.dtype:
 
 def build_policy(config: Config, obs_dim: int, act_dim: int) -> GaussianMLPPolicy:
     """The configured policy, initialised from the config's seed."""
-    policy = GaussianMLPPolicy(
-        obs_dim, act_dim, config.policy.hidden_sizes, config.policy.activation, config.policy.init_std
-    )
+    policy = GaussianMLPPolicy.from_config(config.policy, obs_dim, act_dim)
     policy.reset_parameters(torch.Generator().manual_seed(config.train.seed))
     return policy.to(torch_dtype(config.train.dtype))
 

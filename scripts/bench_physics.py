@@ -1,7 +1,7 @@
-"""Physics throughput of a locomotion task env: gymnasium SyncVectorEnv vs metarl's batched env.
+"""Physics and sampler throughput of a locomotion task env: gymnasium SyncVectorEnv vs metarl's batched env.
 
-Three ways to advance ``--num-envs`` episodes by ``--steps`` env steps with random actions
-(generated beforehand, the same for all three; only the stepping is timed):
+Three ways to advance ``--tasks x --episodes-per-task`` episodes by ``--steps`` env steps with
+random actions (generated beforehand, the same for all three; only the stepping is timed):
 
 (a) ``gymnasium.make_vec(..., vectorization_mode="sync")``: a SyncVectorEnv over the single env;
 (b) ``gymnasium.make_vec(..., vectorization_mode="vector_entry_point", num_threads=T)``: the
@@ -11,9 +11,16 @@ Three ways to advance ``--num-envs`` episodes by ``--steps`` env steps with rand
     initial states through ``steps * frame_skip`` physics steps with the actions held, with no
     Python per step and no observations or rewards.
 
+and the sampler, policy forward included: metarl's :class:`~metarl.sampler.Sampler` collecting
+the same meta-batch (a 64x64 tanh Gaussian policy, one forward per step for all episodes,
+actions drawn from it, the episodes block assembled) over
+
+(d) gymnasium's ``SyncVectorEnv`` (``env.vectorization: sync``), and
+(e) the natively vectorised env (what training uses).
+
 Throughput is env steps per second (an env step is ``frame_skip`` physics steps). For envs
-that terminate (Ant), (b) counts only the sub-episode steps it simulated, (a) also simulates
-the auto-reset episodes and (c) all of them. Prints a markdown table and writes it to
+that terminate (Ant), (b), (d) and (e) count only the steps of live episodes, (a) also
+simulates the auto-reset episodes and (c) all of them. Prints a markdown table and writes it to
 ``results/physics_<env>.md``. Timings on a shared machine are noisy: use ``--repeats`` (the
 best of the interleaved repeats is reported) and compare the ratios, which are measured side by side.
 
@@ -36,16 +43,26 @@ from typing import Any, Callable
 import gymnasium
 import mujoco
 import numpy as np
+import torch
 from mujoco import rollout
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import envs  # noqa: E402,F401  (registers the metarl/ envs)
+from metarl.policy import GaussianMLPPolicy  # noqa: E402
+from metarl.reporting import machine_description  # noqa: E402
+from metarl.sampler import Sampler  # noqa: E402
+
+SYNC = "(a) gymnasium SyncVectorEnv"
+CEILING = "(c) mujoco.rollout physics-only ceiling"
+SAMPLER_SYNC = "(d) metarl Sampler on SyncVectorEnv, policy forward included"
+SAMPLER_BATCHED = "(e) metarl Sampler on the batched env, policy forward included"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--env", default="metarl/HalfCheetahVel-v0", help="registered env id")
-    parser.add_argument("--num-envs", type=int, default=800, help="episodes stepped together (40 tasks x 20)")
+    parser.add_argument("--tasks", type=int, default=40, help="tasks of the meta-batch")
+    parser.add_argument("--episodes-per-task", type=int, default=20, help="episodes per task")
     parser.add_argument("--steps", type=int, default=200, help="env steps per episode")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads of (b) and (c)")
     parser.add_argument("--repeats", type=int, default=1, help="timed repeats of each method (best is reported)")
@@ -64,9 +81,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.env_kwargs = parse_env_kwargs(args.env_kwargs)
     except ValueError as error:
         parser.error(str(error))
-    for name in ("num_envs", "steps", "threads", "repeats"):
+    for name in ("tasks", "episodes_per_task", "steps", "threads", "repeats"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    args.num_envs = args.tasks * args.episodes_per_task
     return args
 
 
@@ -146,6 +164,27 @@ def time_rollout_ceiling(env_id: str, actions: np.ndarray, seed: int, threads: i
     return elapsed, steps * num_envs
 
 
+def time_sampler(
+    env_id: str, tasks: int, episodes_per_task: int, steps: int, seed: int, threads: int,
+    env_kwargs: dict[str, Any], vectorization: str,
+) -> tuple[float, int]:
+    """(d)/(e) Seconds for one :meth:`Sampler.collect` of the meta-batch (policy forward included), live steps."""
+    torch.set_num_threads(threads)
+    vector_kwargs = {"num_threads": threads} if vectorization == "native" else {}
+    sampler = Sampler(env_id, tasks, episodes_per_task, steps, env_kwargs, vector_kwargs, vectorization)
+    env = gymnasium.make(env_id, **env_kwargs).unwrapped
+    policy = GaussianMLPPolicy(env.observation_space.shape[0], env.action_space.shape[0], (64, 64), "tanh")
+    policy.reset_parameters(torch.Generator().manual_seed(seed))
+    rng = np.random.default_rng(seed)
+    task_list = env.sample_tasks(tasks, rng)
+    start = time.perf_counter()
+    episodes = sampler.collect(policy, policy.params(), task_list, rng, torch.Generator().manual_seed(seed))
+    elapsed = time.perf_counter() - start
+    sampler.close()
+    env.close()
+    return elapsed, int(episodes.mask.sum())
+
+
 def best_rates(measures: dict[str, Callable[[], tuple[float, int]]], repeats: int) -> dict[str, float]:
     """Highest env-steps/s of each ``measure() -> (seconds, env_steps)``, repeats interleaved.
 
@@ -159,34 +198,27 @@ def best_rates(measures: dict[str, Callable[[], tuple[float, int]]], repeats: in
     return rates
 
 
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo where there is one, else the architecture."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
-
-
 def markdown_table(args: argparse.Namespace, rates: dict[str, float]) -> str:
     """The results as a markdown section with the command and the machine."""
-    sync, ceiling = rates["(a) gymnasium SyncVectorEnv"], rates["(c) mujoco.rollout physics-only ceiling"]
+    sync, ceiling = rates[SYNC], rates[CEILING]
+    sampler_sync = rates[SAMPLER_SYNC]
     lines = [
-        f"# Physics throughput: {args.env}",
+        f"# Physics and sampler throughput: {args.env}",
         "",
         f"`{' '.join([Path(sys.executable).name, *sys.argv])}`",
         "",
-        f"{args.num_envs} episodes x {args.steps} env steps, random actions, {args.threads} thread(s) for (b) and (c), "
-        f"env kwargs {args.env_kwargs or 'default'}, best of {args.repeats}; {os.cpu_count()} CPU(s) ({cpu_name()}), "
-        f"Python {platform.python_version()}, mujoco {mujoco.__version__}, gymnasium {gymnasium.__version__}.",
+        f"{args.tasks} tasks x {args.episodes_per_task} episodes x {args.steps} env steps; (a)-(c) random actions, "
+        f"(d)-(e) a 64x64 tanh policy; {args.threads} thread(s) for (b)-(e), env kwargs "
+        f"{args.env_kwargs or 'default'}, best of {args.repeats}; mujoco {mujoco.__version__}, "
+        f"gymnasium {gymnasium.__version__}; {machine_description()}.",
         "",
-        "| method | env steps/s | vs SyncVectorEnv | vs physics ceiling |",
-        "|---|---:|---:|---:|",
+        "| method | env steps/s | vs (a) SyncVectorEnv | vs (d) Sampler on SyncVectorEnv | vs (c) physics ceiling |",
+        "|---|---:|---:|---:|---:|",
     ]
     for name, rate in rates.items():
-        lines.append(f"| {name} | {rate:,.0f} | {rate / sync:.2f}x | {rate / ceiling:.2f}x |")
+        lines.append(
+            f"| {name} | {rate:,.0f} | {rate / sync:.2f}x | {rate / sampler_sync:.2f}x | {rate / ceiling:.2f}x |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -195,12 +227,14 @@ def main(argv: list[str] | None = None) -> None:
     space = gymnasium.make(args.env).action_space
     actions = random_actions(space, args.steps, args.num_envs, args.seed)
     measures = {
-        "(a) gymnasium SyncVectorEnv": lambda: time_sync(args.env, actions, args.seed, args.env_kwargs),
+        SYNC: lambda: time_sync(args.env, actions, args.seed, args.env_kwargs),
         "(b) metarl batched env": lambda: time_batched(args.env, actions, args.seed, args.threads, args.env_kwargs),
-        "(c) mujoco.rollout physics-only ceiling": lambda: time_rollout_ceiling(
-            args.env, actions, args.seed, args.threads
-        ),
+        CEILING: lambda: time_rollout_ceiling(args.env, actions, args.seed, args.threads),
     }
+    for label, mode in ((SAMPLER_SYNC, "sync"), (SAMPLER_BATCHED, "native")):
+        measures[label] = lambda mode=mode: time_sampler(
+            args.env, args.tasks, args.episodes_per_task, args.steps, args.seed, args.threads, args.env_kwargs, mode
+        )
     rates = best_rates(measures, args.repeats)
     table = markdown_table(args, rates)
     print(table)

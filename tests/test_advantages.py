@@ -60,6 +60,18 @@ def test_linear_baseline_rank_deficient_is_finite() -> None:
     assert (fitted[:, 1] == 0).all()
 
 
+def test_linear_baseline_more_features_than_samples_does_not_crash() -> None:
+    """Ant-sized observations (105) with 2 short episodes: the Gram matrix is singular in float64 at ridge 1e-5."""
+    g = torch.Generator().manual_seed(3)
+    obs = torch.randn(10, 2, 2, 105, generator=g, dtype=torch.float64) * 10
+    obs[..., :50] = 10.0  # saturated (clipped) features: duplicated columns of a huge scale
+    returns = torch.randn(10, 2, 2, generator=g, dtype=torch.float64)
+    mask = torch.ones(10, 2, 2, dtype=torch.float64)
+    fitted = linear_feature_baseline(obs, returns, mask)
+    assert torch.isfinite(fitted).all()
+    assert (fitted - returns).abs().max() < 1.0  # over-parameterised: close to interpolating
+
+
 def test_normalize_per_task_statistics() -> None:
     g = torch.Generator().manual_seed(2)
     adv = torch.randn(7, 3, 2, generator=g, dtype=torch.float64) * 5 + 3

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
+from pathlib import Path
 
 import gymnasium
 import numpy as np
@@ -23,6 +25,8 @@ from envs.locomotion import (
     HalfCheetahVelVectorEnv,
 )
 from envs.mujoco_batch import BatchPhysics, PerEnvPhysics
+from metarl.config import load_config
+from metarl.trainer import train
 
 ENV_IDS = ["metarl/HalfCheetahVel-v0", "metarl/HalfCheetahDir-v0", "metarl/AntVel-v0", "metarl/AntDir-v0"]
 VECTOR_CLASSES = {
@@ -292,3 +296,18 @@ def test_reset_seeding_matches_single(env_id: str) -> None:
         np.testing.assert_array_equal(single.reset(seed=11 + i)[0], obs_first[i])
         np.testing.assert_array_equal(single.reset()[0], obs_second[i])
     vec.close()
+
+
+@pytest.mark.parametrize("config", ["configs/halfcheetah_vel.yaml", "configs/ant_vel.yaml"])
+def test_two_iteration_training_smoke_run(tmp_path: Path, config: str) -> None:
+    """The shipped locomotion configs train end to end (tiny batch, short horizon) through the batched physics."""
+    cfg = load_config(config, [
+        "maml.meta_batch_size=2", "maml.episodes_per_task=2", "env.horizon=10", "train.iterations=2",
+        "policy.hidden_sizes=[8]", "env.vector_kwargs={num_threads: 1}",
+    ])
+    result = train(cfg, tmp_path, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [0, 1]
+    assert all(np.isfinite(r["meta/return_pre"]) and np.isfinite(r["meta/return_post"]) for r in rows)
+    assert all(r["trpo/kl"] <= cfg.outer.max_kl * 1.0001 for r in rows)
+    assert result.checkpoint.is_file()

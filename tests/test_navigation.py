@@ -15,8 +15,18 @@ from metarl.policy import GaussianMLPPolicy, stack_params
 from metarl.sampler import Sampler, make_task_env
 
 
-def test_check_env_passes() -> None:
-    check_env(gymnasium.make("metarl/Navigation2D-v0").unwrapped, skip_render_check=True)
+@pytest.mark.parametrize("normalized", [False, True])
+def test_check_env_passes(normalized: bool) -> None:
+    check_env(gymnasium.make("metarl/Navigation2D-v0", normalized_actions=normalized).unwrapped,
+              skip_render_check=True)
+
+
+def test_normalized_actions_scale_and_clip_to_the_max_velocity() -> None:
+    env = Navigation2DEnv(normalized_actions=True, goal_tolerance=0)
+    assert env.action_space.high.tolist() == [1.0, 1.0]
+    env.reset(seed=0)
+    obs, *_ = env.step(np.array([0.5, -3.0]))
+    np.testing.assert_allclose(obs, [0.05, -0.1], rtol=0, atol=1e-7)
 
 
 def test_tasks_come_from_the_given_rng_only() -> None:
@@ -28,18 +38,20 @@ def test_tasks_come_from_the_given_rng_only() -> None:
     assert goals.min() >= -0.5 and goals.max() <= 0.5 and goals.std() > 0.1
 
 
-def test_single_and_vector_forms_give_identical_transitions(rng: np.random.Generator) -> None:
+@pytest.mark.parametrize("normalized", [False, True])
+def test_single_and_vector_forms_give_identical_transitions(rng: np.random.Generator, normalized: bool) -> None:
     tasks = Navigation2DEnv().sample_tasks(6, rng)
-    vec = Navigation2DVectorEnv(6)
+    vec = Navigation2DVectorEnv(6, normalized_actions=normalized)
     vec.set_attr("task", tasks)
-    singles = [Navigation2DEnv() for _ in tasks]
+    singles = [Navigation2DEnv(normalized_actions=normalized) for _ in tasks]
     for env, task in zip(singles, tasks):
         env.task = task
     obs_v, _ = vec.reset(seed=list(range(6)))
     obs_s = np.stack([env.reset(seed=i)[0] for i, env in enumerate(singles)])
     np.testing.assert_array_equal(obs_v, obs_s)
     for _ in range(30):
-        actions = rng.uniform(-0.3, 0.3, size=(6, 2))  # includes out-of-bound actions (clipped)
+        scale = 3.0 if normalized else 0.3
+        actions = rng.uniform(-scale, scale, size=(6, 2))  # includes out-of-bound actions (clipped)
         obs_v, rew_v, term_v, trunc_v, _ = vec.step(actions)
         out = [env.step(a) for env, a in zip(singles, actions)]
         np.testing.assert_array_equal(obs_v, np.stack([o[0] for o in out]))
