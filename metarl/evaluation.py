@@ -76,12 +76,12 @@ def evaluate_adaptation(
             "episodes_per_step": episodes, "inner_lr": lr, "seed": seed}
 
 
-def markdown_table(results: dict[str, dict[str, Any]]) -> str:
-    """Markdown table of mean return ± 95% CI after each step, one row per method."""
+def markdown_table(results: dict[str, dict[str, Any]], key: str = "mean_return", digits: int = 2) -> str:
+    """Markdown table of ``key`` (mean return, or ``"mse"`` for regression) ± 95% CI after each step, one row per method."""
     methods = list(results)
     steps = [s["step"] for s in results[methods[0]]["steps"]]
     lines = ["| method | " + " | ".join(f"{k} steps" for k in steps) + " |", "|---" * (len(steps) + 1) + "|"]
     for name in methods:
-        cells = [f"{s['mean_return']:.2f} ± {s['ci95']:.2f}" for s in results[name]["steps"]]
+        cells = [f"{s[key]:.{digits}f} ± {s['ci95']:.{digits}f}" for s in results[name]["steps"]]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

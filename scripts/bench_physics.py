@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import ast
 import os
-import platform
 import sys
 import time
 from pathlib import Path

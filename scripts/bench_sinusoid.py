@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -39,6 +37,7 @@ import torch  # noqa: E402
 
 from metarl.config import Config, ConfigError, load_config  # noqa: E402
 from metarl.policy import GaussianMLPPolicy  # noqa: E402
+from metarl.reporting import machine_description  # noqa: E402
 from metarl.supervised import (  # noqa: E402
     evaluate_regression,
     predictions_after_steps,
@@ -170,20 +169,6 @@ def plot(models: dict[str, GaussianMLPPolicy], config: Config, path: Path, seed:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def machine_description() -> str:
-    """CPU, Python and torch versions, threads."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{os.cpu_count()} CPU(s) ({cpu}), Python {platform.python_version()}, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} torch thread(s), shared machine (other jobs running)")
 
 
 def main(argv: list[str] | None = None) -> int:

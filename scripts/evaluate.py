@@ -1,10 +1,14 @@
-"""Evaluate a meta-trained checkpoint: return after 0..k inner steps on fresh tasks.
+"""Evaluate a meta-trained checkpoint: return (or regression MSE) after 0..k inner steps on fresh tasks.
 
     python scripts/evaluate.py --checkpoint PATH [--num-tasks 40] [--num-steps 3]
         [--episodes-per-step N] [--seed N] [--output-dir DIR]
 
-Paper protocol: step size alpha for the first inner step, alpha/2 after. Writes
-``evaluation.json`` (``steps``: ``{"step", "mean_return", "ci95"}``) and prints a markdown table.
+Policy-gradient checkpoints (``maml.loss: pg``), paper protocol: step size alpha for the
+first inner step, alpha/2 after; writes ``evaluation.json`` (``steps``: ``{"step",
+"mean_return", "ci95"}``). Supervised checkpoints (``maml.loss: supervised``, e.g. sinusoid
+regression): K-shot support, MSE on query points after 0..k steps of size alpha
+(``steps``: ``{"step", "mse", "ci95"}``; ``--episodes-per-step`` does not apply, the shots
+come from the config). Prints the same as a markdown table.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from metarl.checkpoint import load_checkpoint, policy_from_checkpoint, resolve_checkpoint  # noqa: E402
 from metarl.evaluation import evaluate_adaptation, markdown_table  # noqa: E402
+from metarl.supervised import evaluate_regression  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,13 +47,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     policy = policy_from_checkpoint(payload)
-    result = evaluate_adaptation(policy, payload["config"], args.num_tasks, args.num_steps,
-                                 args.episodes_per_step, args.seed)
+    config = payload["config"]
+    if config.maml.loss == "supervised":
+        result = evaluate_regression(policy, config, args.num_tasks, num_steps=args.num_steps, seed=args.seed)
+        table = markdown_table({"MAML": result}, key="mse", digits=3)
+    else:
+        result = evaluate_adaptation(policy, config, args.num_tasks, args.num_steps, args.episodes_per_step, args.seed)
+        table = markdown_table({"MAML": result})
     result["checkpoint"] = str(path)
     out_dir = args.output_dir or path.parent.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "evaluation.json").write_text(json.dumps(result, indent=2))
-    print(markdown_table({"MAML": result}))
+    print(table)
     print(f"wrote {out_dir / 'evaluation.json'}")
     return 0
 

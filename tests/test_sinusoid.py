@@ -274,6 +274,10 @@ def test_train_script_dispatches_the_supervised_config(tmp_path: Path) -> None:
     args = ["--config", str(SUPERVISED_CONFIG), "--output-dir", str(tmp_path), "--iterations", "2", "--no-progress"]
     assert train_script.main([*args, *(a for s in TINY_SUPERVISED for a in ("--set", s))]) == 0
     assert load_checkpoint(tmp_path)["iteration"] == 2
+    assert evaluate_script.main(["--checkpoint", str(tmp_path), "--num-tasks", "5", "--num-steps", "2"]) == 0
+    steps = json.loads((tmp_path / "evaluation.json").read_text())["steps"]
+    assert [s["step"] for s in steps] == [0, 1, 2]
+    assert all(s["mse"] > 0 and math.isfinite(s["ci95"]) for s in steps)
 
 
 def test_rl_config_trains_end_to_end_and_evaluates(tmp_path: Path) -> None:
