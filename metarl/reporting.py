@@ -39,12 +39,17 @@ def write_results(results_dir: Path, name: str, markdown: str, data: dict[str, A
 
 
 def timing_summary(rows: list[dict[str, float]]) -> dict[str, float]:
-    """Median seconds per meta-iteration and its sampling/learning split, from ``metrics.jsonl`` rows."""
+    """Median seconds per meta-iteration, its sampling/learning split and the summed iteration time (``metrics.jsonl`` rows).
+
+    ``total_iteration_s`` adds up every logged iteration, across resumed invocations too: the
+    training time without start-up, checkpoint writing and logging.
+    """
     sampling = [r["perf/time_sampling_s"] for r in rows]
     learning = [r["perf/time_learning_s"] for r in rows]
     total = [s + lr for s, lr in zip(sampling, learning)]
     return {
         "iterations": len(rows),
+        "total_iteration_s": sum(total),
         "median_s_per_iteration": statistics.median(total),
         "median_sampling_s": statistics.median(sampling),
         "median_learning_s": statistics.median(learning),
