@@ -194,12 +194,7 @@ def train_supervised(config: Config, run_dir: Path, resume: bool = False, progre
                          "use metarl.trainer.train for policy gradient")
     if config.outer.optimizer != "adam":
         raise ValueError(f"supervised MAML uses outer.optimizer=adam, got {config.outer.optimizer!r}")
-    if config.train.num_threads:
-        torch.set_num_threads(config.train.num_threads)
-    dtype = torch_dtype(config.train.dtype)
-    env = regression_env(config)
-    policy = build_policy(config, *_io_dims(config))
-    optimizer = adam(policy, config.outer.lr)
+    dtype, env, policy, optimizer = _setup(config)
     ckpt_dir = run_dir / "checkpoints"
     start = 0
     if resume:
@@ -255,6 +250,14 @@ def train_supervised(config: Config, run_dir: Path, resume: bool = False, progre
     return TrainResult(run_dir, checkpoint, policy)
 
 
+def _setup(config: Config) -> tuple[torch.dtype, RegressionTaskEnv, GaussianMLPPolicy, torch.optim.Adam]:
+    """Threads, dtype, task env, freshly initialised model and its Adam optimiser for a regression run."""
+    if config.train.num_threads:
+        torch.set_num_threads(config.train.num_threads)
+    policy = build_policy(config, *_io_dims(config))
+    return torch_dtype(config.train.dtype), regression_env(config), policy, adam(policy, config.outer.lr)
+
+
 def adam(policy: GaussianMLPPolicy, lr: float) -> torch.optim.Adam:
     """The outer optimiser: Adam with the fused kernel (about 3x faster than ``foreach`` on these tiny tensors)."""
     return torch.optim.Adam(policy.parameters(), lr=lr, fused=True)
@@ -277,12 +280,7 @@ def train_pretrained(
     """
     if iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {iterations}")
-    if config.train.num_threads:
-        torch.set_num_threads(config.train.num_threads)
-    dtype = torch_dtype(config.train.dtype)
-    env = regression_env(config)
-    policy = build_policy(config, *_io_dims(config))
-    optimizer = adam(policy, config.outer.lr)
+    dtype, env, policy, optimizer = _setup(config)
     points = points_per_task or config.supervised.shots + config.supervised.query_size
     bar = tqdm(range(iterations), desc="pretrain (all tasks)", disable=not progress, dynamic_ncols=True)
     for it in bar:
