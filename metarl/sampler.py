@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
-from typing import Any, Literal, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
 import gymnasium
 import numpy as np
@@ -70,11 +71,25 @@ def make_vector_env(
     return SyncVectorEnv(fns, autoreset_mode=AutoresetMode.NEXT_STEP)
 
 
+@contextlib.contextmanager
+def torch_threads(num_threads: int) -> Iterator[None]:
+    """Run the block with ``num_threads`` torch intra-op threads, restoring the previous count after."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 class Sampler:
     """Runs ``B`` episodes of each of ``n`` tasks in one vector env of ``n * B`` sub-envs.
 
     Sub-env ``i * B + b`` runs episode ``b`` of task ``i``. Every time step does one policy
     forward for the whole batch, with shared parameters or per-task stacked parameters.
+    The forwards run on ``policy_threads`` torch threads (default 1): they are small, and idle
+    intra-op threads spin and take cores from the batched physics threads (measured: 2 torch
+    threads cut HalfCheetahVel sampling on 2 cores from 58k to 43k env steps/s).
     """
 
     def __init__(
@@ -87,7 +102,10 @@ class Sampler:
         vector_kwargs: dict[str, Any] | None = None,
         vectorization: Vectorization = "auto",
         dtype: torch.dtype = torch.float32,
+        policy_threads: int = 1,
     ) -> None:
+        if policy_threads < 1:
+            raise ValueError(f"policy_threads must be >= 1, got {policy_threads}")
         if num_tasks < 1 or episodes_per_task < 1 or horizon < 1:
             raise ValueError(
                 f"num_tasks, episodes_per_task and horizon must be >= 1, got {num_tasks}, {episodes_per_task}, {horizon}"
@@ -96,6 +114,7 @@ class Sampler:
         self.episodes_per_task = episodes_per_task
         self.horizon = horizon
         self.dtype = dtype
+        self.policy_threads = policy_threads
         self.env = make_vector_env(
             env_id, num_tasks * episodes_per_task, horizon, env_kwargs, vector_kwargs, vectorization
         )
@@ -123,7 +142,7 @@ class Sampler:
         obs_np, _ = self.env.reset(seed=seeds)
         alive = torch.ones(n, b, dtype=self.dtype)
         observations, actions, rewards, masks = [], [], [], []
-        with torch.no_grad():
+        with torch.no_grad(), torch_threads(self.policy_threads):
             for _ in range(self.horizon):
                 obs = torch.as_tensor(np.asarray(obs_np), dtype=self.dtype).view(n, b, -1)
                 mean, log_std = policy(obs if stacked else obs.view(n * b, -1), params)
