@@ -97,6 +97,34 @@ def test_native_and_generic_sampler_paths_agree(rng: np.random.Generator) -> Non
         torch.testing.assert_close(getattr(blocks[0], name), getattr(blocks[1], name))
 
 
+def test_sampler_policy_threads_are_scoped_to_collect(rng: np.random.Generator) -> None:
+    """Forwards run on ``policy_threads``; the caller's torch thread count is restored, also on error."""
+    policy = GaussianMLPPolicy(2, 2, (8,))
+    tasks = Navigation2DEnv().sample_tasks(2, rng)
+    sampler = Sampler("metarl/Navigation2D-v0", 2, 2, 5, policy_threads=1)
+    seen = []
+    real_forward = policy.forward
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real_forward(*args, **kwargs)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        policy.forward = spy
+        sampler.collect(policy, policy.params(), tasks, np.random.default_rng(0), torch.Generator().manual_seed(0))
+        assert seen == [1] * 5 and torch.get_num_threads() == 2
+        with pytest.raises(ValueError):
+            sampler.collect(policy, policy.params(), tasks[:1], np.random.default_rng(0), torch.Generator())
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+        sampler.close()
+    with pytest.raises(ValueError, match="policy_threads"):
+        Sampler("metarl/Navigation2D-v0", 2, 2, 5, policy_threads=0)
+
+
 def test_stacked_params_sample_like_shared_params(rng: np.random.Generator) -> None:
     policy = GaussianMLPPolicy(2, 2, (8,))
     tasks = Navigation2DEnv().sample_tasks(3, rng)
