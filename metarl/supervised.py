@@ -38,6 +38,7 @@ from metarl.trainer import (
     TrainResult,
     build_policy,
     describe_values,
+    drop_metrics_from,
     iteration_rngs,
     log_metrics,
     torch_dtype,
@@ -204,6 +205,7 @@ def train_supervised(config: Config, run_dir: Path, resume: bool = False, progre
             raise ValueError(f"checkpoint in {ckpt_dir} has no optimiser state; cannot resume supervised MAML")
         optimizer.load_state_dict(payload["optimizer"])
         start = payload["iteration"]
+        drop_metrics_from(run_dir, start)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
 

@@ -107,6 +107,7 @@ def train(config: Config, run_dir: Path, resume: bool = False, progress: bool = 
         if optimizer is not None and payload["optimizer"] is not None:
             optimizer.load_state_dict(payload["optimizer"])
         start = payload["iteration"]
+        drop_metrics_from(run_dir, start)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
 
@@ -168,6 +169,17 @@ def iteration_metrics(batch, stats: dict[str, float], t_sample: float, t_learn: 
         if key in stats:
             metrics[f"trpo/{key}"] = stats[key]
     return metrics
+
+
+def drop_metrics_from(run_dir: Path, iteration: int) -> None:
+    """On resume: remove ``metrics.jsonl`` rows of iterations >= ``iteration`` (run after the last checkpoint)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines()
+    kept = [line for line in lines if json.loads(line)["iteration"] < iteration]
+    if len(kept) != len(lines):
+        path.write_text("".join(line + "\n" for line in kept))
 
 
 def log_metrics(writer: SummaryWriter, run_dir: Path, iteration: int, metrics: dict[str, float]) -> None:

@@ -57,9 +57,15 @@ def test_same_seed_gives_identical_parameters(tmp_path: Path) -> None:
 def test_resume_continues_the_same_curve(tmp_path: Path) -> None:
     full = trainer.train(tiny_config(iterations=4), tmp_path / "full", progress=False)
     trainer.train(tiny_config(iterations=2), tmp_path / "part", progress=False)
+    with open(tmp_path / "part" / "metrics.jsonl", "a") as f:  # a kill after logging iteration 2, before its checkpoint
+        f.write(json.dumps({"iteration": 2, "meta/return_post": 123.0}) + "\n")
     resumed = trainer.train(tiny_config(iterations=4), tmp_path / "part", resume=True, progress=False)
     assert torch.equal(flat(full.policy), flat(resumed.policy))
-    assert metrics(tmp_path / "full")[3]["meta/return_post"] == metrics(tmp_path / "part")[3]["meta/return_post"]
+    assert [r["iteration"] for r in metrics(tmp_path / "part")] == [0, 1, 2, 3]  # the stale row 2 was dropped
+    assert metrics(tmp_path / "full")[2:] == [
+        {**r, **{k: v for k, v in f.items() if k.startswith("perf/")}}
+        for r, f in zip(metrics(tmp_path / "part")[2:], metrics(tmp_path / "full")[2:])
+    ]
 
 
 def test_nan_stops_with_clear_message_and_keeps_last_checkpoint(tmp_path: Path, monkeypatch) -> None:
