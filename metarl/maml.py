@@ -89,7 +89,20 @@ def old_policy(policy: GaussianMLPPolicy, adapted: Params, episodes: Episodes) -
 def surrogate_loss(policy: GaussianMLPPolicy, adapted: Params, episodes: Episodes, old: OldPolicy) -> Tensor:
     """Minus the importance-weighted post-adaptation objective, ``-mean_i mean_t[ratio * A]``."""
     logp, _, _ = log_probs(policy, adapted, episodes)
-    ratio = torch.exp(logp - old.log_probs)
+    return _surrogate(logp, old.log_probs, episodes)
+
+
+def surrogate_and_old_policy(
+    policy: GaussianMLPPolicy, adapted: Params, episodes: Episodes
+) -> tuple[Tensor, OldPolicy]:
+    """:func:`surrogate_loss` at the sampling parameters (ratio 1) and the :func:`old_policy` snapshot, in one forward."""
+    logp, mean, log_std = log_probs(policy, adapted, episodes)
+    old = OldPolicy(logp.detach(), mean.detach(), log_std.detach())
+    return _surrogate(logp, old.log_probs, episodes), old
+
+
+def _surrogate(logp: Tensor, old_logp: Tensor, episodes: Episodes) -> Tensor:
+    ratio = torch.exp(logp - old_logp)
     return -masked_task_mean(ratio * task_major(episodes.advantages), task_major(episodes.mask)).mean()
 
 

@@ -21,6 +21,7 @@ from metarl.maml import (
     old_policy,
     reinforce_loss,
     rl_inner_loss,
+    surrogate_and_old_policy,
     surrogate_loss,
 )
 from metarl.policy import GaussianMLPPolicy, Params, detach_params, flatten, stack_params, unflatten
@@ -32,8 +33,12 @@ class NonFiniteError(FloatingPointError):
 
 def conjugate_gradient(
     matvec: Callable[[Tensor], Tensor], b: Tensor, iterations: int, residual_tol: float = 1e-10
-) -> Tensor:
-    """Approximately solve ``A x = b`` for symmetric positive definite ``A`` given only ``x -> A x``."""
+) -> tuple[Tensor, Tensor]:
+    """Approximately solve ``A x = b`` for symmetric positive definite ``A`` given only ``x -> A x``.
+
+    Returns ``x`` and ``A x``, the latter from the final residual (``b - r``), which saves
+    the extra product TRPO would otherwise spend on the step's curvature ``x^T A x``.
+    """
     x = torch.zeros_like(b)
     r = b.clone()
     p = b.clone()
@@ -48,7 +53,7 @@ def conjugate_gradient(
         rr_new = r @ r
         p = r + (rr_new / rr) * p
         rr = rr_new
-    return x
+    return x, b - r
 
 
 @dataclass(frozen=True)
@@ -145,8 +150,7 @@ def trpo_step(
     """
     params = policy.params()
     adapted = adapt_on_batch(policy, params, batch, adaptation, adaptation.first_order)
-    old = old_policy(policy, adapted, batch.valid)
-    loss = surrogate_loss(policy, adapted, batch.valid, old)
+    loss, old = surrogate_and_old_policy(policy, adapted, batch.valid)
     _check_finite("surrogate loss", loss)
     grad = flatten(torch.autograd.grad(loss, list(params.values())))
     _check_finite("meta-gradient", grad)
@@ -157,8 +161,8 @@ def trpo_step(
     def damped(v: Tensor) -> Tensor:
         return curvature(v) + settings.cg_damping * v
 
-    step_dir = conjugate_gradient(damped, -grad, settings.cg_iters)
-    shs = 0.5 * (step_dir @ damped(step_dir))
+    step_dir, curvature_step = conjugate_gradient(damped, -grad, settings.cg_iters)
+    shs = 0.5 * (step_dir @ curvature_step)
     _check_finite("step curvature", shs)
     # Scale so that the quadratic model of the KL at the full step, 0.5 x^T H x, equals max_kl.
     full_step = step_dir * torch.sqrt(settings.max_kl / shs.clamp_min(1e-12))
@@ -194,8 +198,7 @@ def adam_step(
 ) -> dict[str, float]:
     """One Adam step on the post-adaptation surrogate (its gradient at ratio 1 is the meta policy gradient)."""
     adapted = adapt_on_batch(policy, policy.params(), batch, adaptation, adaptation.first_order)
-    old = old_policy(policy, adapted, batch.valid)
-    loss = surrogate_loss(policy, adapted, batch.valid, old)
+    loss, _ = surrogate_and_old_policy(policy, adapted, batch.valid)
     _check_finite("surrogate loss", loss)
     optimizer.zero_grad()
     loss.backward()

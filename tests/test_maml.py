@@ -14,6 +14,7 @@ from metarl.maml import (
     old_policy,
     reinforce_loss,
     rl_inner_loss,
+    surrogate_and_old_policy,
     surrogate_loss,
 )
 from metarl.policy import GaussianMLPPolicy, Params, flatten, stack_params, unflatten
@@ -113,3 +114,21 @@ def test_stacked_inner_gradients_are_per_task_gradients(tiny_policy: GaussianMLP
 def test_evaluation_step_sizes_halve_after_first() -> None:
     assert inner_step_sizes(0.1, 3, decay_after_first=True) == [0.1, 0.05, 0.05]
     assert inner_step_sizes(0.1, 2) == [0.1, 0.1]
+
+
+def test_one_forward_surrogate_equals_snapshot_then_surrogate(tiny_policy: GaussianMLPPolicy) -> None:
+    """TRPO's single-forward surrogate (ratio 1) has the value, gradient and snapshot of the two-call form."""
+    batch = make_batch(3, 1)
+    params = {n: p.detach().clone().requires_grad_() for n, p in tiny_policy.params().items()}
+    adapted = adapt_on_batch(tiny_policy, params, batch, settings(1), False)
+    loss, old = surrogate_and_old_policy(tiny_policy, adapted, batch.valid)
+    reference_old = old_policy(tiny_policy, adapted, batch.valid)
+    reference = surrogate_loss(tiny_policy, adapted, batch.valid, reference_old)
+    torch.testing.assert_close(loss, reference, rtol=1e-12, atol=1e-12)
+    for a, b in zip(old.__dict__.values(), reference_old.__dict__.values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        assert not a.requires_grad
+    g = torch.autograd.grad(loss, list(params.values()), retain_graph=True)
+    g_ref = torch.autograd.grad(reference, list(params.values()))
+    torch.testing.assert_close(flatten(dict(enumerate(g))), flatten(dict(enumerate(g_ref))), rtol=1e-10, atol=1e-12)
+    assert flatten(dict(enumerate(g))).abs().max() > 1e-6

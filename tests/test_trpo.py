@@ -18,8 +18,12 @@ def test_conjugate_gradient_matches_direct_solve() -> None:
     m = torch.randn(12, 12, generator=g, dtype=torch.float64)
     a = m @ m.T + 0.5 * torch.eye(12, dtype=torch.float64)
     b = torch.randn(12, generator=g, dtype=torch.float64)
-    x = conjugate_gradient(lambda v: a @ v, b, iterations=40)
+    x, ax = conjugate_gradient(lambda v: a @ v, b, iterations=40)
     torch.testing.assert_close(x, torch.linalg.solve(a, b), rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(ax, a @ x, rtol=1e-8, atol=1e-8)
+    x3, ax3 = conjugate_gradient(lambda v: a @ v, b, iterations=3)  # truncated, as TRPO runs it
+    torch.testing.assert_close(ax3, a @ x3, rtol=1e-9, atol=1e-9)
+    assert (x3 - x).norm() > 1e-3
 
 
 @pytest.mark.parametrize(("k", "first_order"), [(1, False), (2, False), (1, True)])
