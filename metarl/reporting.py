@@ -39,19 +39,24 @@ def write_results(results_dir: Path, name: str, markdown: str, data: dict[str, A
 
 
 def timing_summary(rows: list[dict[str, float]]) -> dict[str, float]:
-    """Median seconds per meta-iteration, its sampling/learning split and the summed iteration time (``metrics.jsonl`` rows).
+    """Median seconds per meta-iteration, its split and the summed iteration time (``metrics.jsonl`` rows).
 
+    The split: sampling (env steps and policy forwards), adapt (advantages and the inner steps
+    between samplings; rows logged before this key existed counted it as sampling) and the
+    meta-update; ``learner_fraction`` is the median share of adapt + meta-update.
     ``total_iteration_s`` adds up every logged iteration, across resumed invocations too: the
     training time without start-up, checkpoint writing and logging.
     """
     sampling = [r["perf/time_sampling_s"] for r in rows]
+    adapt = [r.get("perf/time_adapt_s", 0.0) for r in rows]
     learning = [r["perf/time_learning_s"] for r in rows]
-    total = [s + lr for s, lr in zip(sampling, learning)]
+    total = [s + a + lr for s, a, lr in zip(sampling, adapt, learning)]
     return {
         "iterations": len(rows),
         "total_iteration_s": sum(total),
         "median_s_per_iteration": statistics.median(total),
         "median_sampling_s": statistics.median(sampling),
+        "median_adapt_s": statistics.median(adapt),
         "median_learning_s": statistics.median(learning),
-        "learning_fraction": statistics.median(lr / t for lr, t in zip(learning, total)),
+        "learner_fraction": statistics.median((a + lr) / t for a, lr, t in zip(adapt, learning, total)),
     }

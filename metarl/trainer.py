@@ -127,9 +127,9 @@ def train(config: Config, run_dir: Path, resume: bool = False, progress: bool = 
         for it in bar:
             rng, generator = iteration_rngs(config.train.seed, it)
             tasks = task_env.unwrapped.sample_tasks(m.meta_batch_size, rng)
-            t0 = time.perf_counter()
+            t0, collected = time.perf_counter(), sampler.collect_seconds
             batch, _ = sample_meta_batch(sampler, policy, policy.params(), tasks, adaptation, rng, generator)
-            t1 = time.perf_counter()
+            t1, t_collect = time.perf_counter(), sampler.collect_seconds - collected
             try:
                 stats = trpo_step(policy, batch, adaptation, trpo) if optimizer is None else adam_step(policy, optimizer, batch, adaptation)
             except NonFiniteError as exc:
@@ -137,7 +137,7 @@ def train(config: Config, run_dir: Path, resume: bool = False, progress: bool = 
                     f"iteration {it}: {exc}; stopped, the last good checkpoint is {checkpoint}"
                 ) from exc
             t2 = time.perf_counter()
-            metrics = iteration_metrics(batch, stats, t1 - t0, t2 - t1)
+            metrics = iteration_metrics(batch, stats, t_collect, t1 - t0 - t_collect, t2 - t1)
             if not all(math.isfinite(v) for v in metrics.values()):
                 raise TrainingDiverged(f"iteration {it}: non-finite metrics {metrics}; last good checkpoint is {checkpoint}")
             log_metrics(writer, run_dir, it, metrics)
@@ -154,14 +154,23 @@ def train(config: Config, run_dir: Path, resume: bool = False, progress: bool = 
     return TrainResult(run_dir, checkpoint, policy)
 
 
-def iteration_metrics(batch, stats: dict[str, float], t_sample: float, t_learn: float) -> dict[str, float]:
-    """The per-iteration scalars logged to TensorBoard (grouped keys)."""
+def iteration_metrics(
+    batch, stats: dict[str, float], t_sample: float, t_adapt: float, t_learn: float
+) -> dict[str, float]:
+    """The per-iteration scalars logged to TensorBoard (grouped keys).
+
+    Wall-time split: ``t_sample`` in the sampler (env steps and policy forwards), ``t_adapt``
+    between samplings (returns, baselines, advantages, the inner steps that produce the
+    parameters to re-sample with), ``t_learn`` in the meta-update (inner loop re-run with
+    its graph, surrogate, meta-gradient, CG, line search). The learner is the last two.
+    """
     env_steps = sum(ep.num_steps for ep in [*batch.train, batch.valid])
     metrics = {
         "meta/return_pre": batch.train[0].episode_returns().mean().item(),
         "meta/return_post": batch.valid.episode_returns().mean().item(),
         "perf/env_steps_per_s": env_steps / max(t_sample, 1e-9),
         "perf/time_sampling_s": t_sample,
+        "perf/time_adapt_s": t_adapt,
         "perf/time_learning_s": t_learn,
         "outer/loss_before": stats["loss_before"],
     }

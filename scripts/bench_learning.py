@@ -111,8 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         f"- trained {payload['iteration']} meta-iterations. Training wall time (this invocation): {wall_line}; "
         f"summed iteration time over all {timing['iterations']} logged iterations: "
         f"{timing['total_iteration_s']:.0f} s; median s/meta-iteration {timing['median_s_per_iteration']:.2f} "
-        f"(sampling {timing['median_sampling_s']:.2f}, learning {timing['median_learning_s']:.2f}, "
-        f"learning fraction {timing['learning_fraction']:.0%})\n"
+        f"(sampling {timing['median_sampling_s']:.2f}, advantages + inner steps {timing['median_adapt_s']:.2f}, "
+        f"meta-update {timing['median_learning_s']:.2f}; learner fraction {timing['learner_fraction']:.0%})\n"
         f"- command: `python scripts/bench_learning.py {' '.join(argv if argv is not None else sys.argv[1:])}`"
     )
     md = "\n".join(md)

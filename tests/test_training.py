@@ -11,6 +11,7 @@ import torch
 import metarl.trainer as trainer
 from metarl.checkpoint import load_checkpoint
 from metarl.config import load_config
+from metarl.reporting import timing_summary
 from metarl.trpo import NonFiniteError
 from scripts import evaluate as evaluate_script
 from scripts import train as train_script
@@ -43,7 +44,23 @@ def test_tiny_training_run_writes_logs_and_checkpoints(tmp_path: Path, extra: li
     rows = metrics(tmp_path)
     assert [r["iteration"] for r in rows] == [0, 1, 2]
     assert all("meta/return_post" in r and "perf/env_steps_per_s" in r for r in rows)
+    # the split: sampler time, advantages + inner steps between samplings, meta-update
+    assert all(r["perf/time_sampling_s"] > 0 and r["perf/time_adapt_s"] > 0 and r["perf/time_learning_s"] > 0
+               for r in rows)
     assert result.checkpoint.is_file()
+
+
+def test_timing_summary_splits_sampling_and_learner() -> None:
+    rows = [
+        {"perf/time_sampling_s": 6.0, "perf/time_adapt_s": 1.0, "perf/time_learning_s": 3.0},
+        {"perf/time_sampling_s": 8.0, "perf/time_adapt_s": 1.0, "perf/time_learning_s": 1.0},
+        {"perf/time_sampling_s": 7.0, "perf/time_learning_s": 3.0},  # logged before the adapt key existed
+    ]
+    timing = timing_summary(rows)
+    assert timing["total_iteration_s"] == pytest.approx(30.0)
+    assert timing["median_s_per_iteration"] == pytest.approx(10.0)
+    assert timing["median_adapt_s"] == pytest.approx(1.0)
+    assert timing["learner_fraction"] == pytest.approx(0.3)  # median of 0.4, 0.2, 0.3
 
 
 def test_same_seed_gives_identical_parameters(tmp_path: Path) -> None:
