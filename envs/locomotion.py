@@ -19,8 +19,11 @@ every other Ant-v5 part: ``forward_term + healthy_reward - ctrl_cost - contact_c
 termination when the torso leaves ``healthy_z_range``, and the v5 default observation
 (105 values: qpos without x/y, qvel, and the clipped external contact forces ``cfrc_ext``
 of the 13 bodies). All weights are constructor kwargs with the v5 names; reward parts are in
-``info``. Actions are not clipped (as in gymnasium: MuJoCo clamps the controls to the
-actuators' range, and the control cost uses the action as given).
+``info``. By default actions are not clipped (as in gymnasium: MuJoCo clamps the controls
+to the actuators' range, and the control cost uses the action as given). With
+``clip_actions=True`` the action is clipped to the action space before the physics and the
+control cost, as the MAML paper's rllab code did (its ``normalize`` wrapper clipped to the
+bounds): a Gaussian policy's exploration noise beyond the bounds then costs nothing.
 
 Identical transitions in both forms: the vector envs draw each episode's reset noise with
 ``gymnasium.utils.seeding.np_random(seed_i)`` exactly as ``reset(seed=seed_i)`` does, and
@@ -145,6 +148,12 @@ def _check_nonnegative(**values: float) -> None:
             raise ValueError(f"{name} must be finite and >= 0, got {value}")
 
 
+def _check_flag(name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    return bool(value)
+
+
 def _check_range(name: str, value: tuple[float, float]) -> tuple[float, float]:
     low, high = (float(v) for v in value)
     if not low < high:
@@ -153,10 +162,18 @@ def _check_range(name: str, value: tuple[float, float]) -> tuple[float, float]:
 
 
 class _TaskMixin:
-    """The task protocol on top of a v5 env: a validated ``task`` property and ``sample_tasks``."""
+    """The task protocol on top of a v5 env: a validated ``task`` property and ``sample_tasks``;
+    optional clipping of the action to the action space (``clip_actions``)."""
 
     task_family: TaskFamily
     _task_value: float
+    clip_actions: bool = False
+
+    def step(self, action: np.ndarray):  # type: ignore[override]
+        """The v5 step, on the action clipped to the action space when ``clip_actions``."""
+        if self.clip_actions:
+            action = np.clip(action, self.action_space.low, self.action_space.high)
+        return super().step(action)  # type: ignore[misc]
 
     @property
     def task(self) -> Task:
@@ -191,6 +208,7 @@ class _HalfCheetahTaskEnv(_TaskMixin, HalfCheetahEnv):
         forward_reward_weight: float = 1.0,
         ctrl_cost_weight: float = 0.05,
         reset_noise_scale: float = 0.1,
+        clip_actions: bool = False,
         **kwargs: Any,
     ) -> None:
         _check_nonnegative(
@@ -198,6 +216,7 @@ class _HalfCheetahTaskEnv(_TaskMixin, HalfCheetahEnv):
             ctrl_cost_weight=ctrl_cost_weight,
             reset_noise_scale=reset_noise_scale,
         )
+        self.clip_actions = _check_flag("clip_actions", clip_actions)
         super().__init__(
             forward_reward_weight=forward_reward_weight,
             ctrl_cost_weight=ctrl_cost_weight,
@@ -222,6 +241,8 @@ class HalfCheetahVelEnv(_HalfCheetahTaskEnv):
         forward_reward_weight: weight of ``-|v_x - v|``.
         ctrl_cost_weight: weight of ``||a||^2`` (paper: 0.05).
         reset_noise_scale: as in HalfCheetah-v5.
+        clip_actions: clip the action to [-1, 1] before the physics and the control cost
+            (the paper's code; default False, as gymnasium).
         **kwargs: other HalfCheetah-v5 arguments (``frame_skip``, ``xml_file``, ``render_mode``, ...).
     """
 
@@ -272,6 +293,7 @@ class _AntTaskEnv(_TaskMixin, AntEnv):
         healthy_z_range: tuple[float, float] = (0.2, 1.0),
         contact_force_range: tuple[float, float] = (-1.0, 1.0),
         reset_noise_scale: float = 0.1,
+        clip_actions: bool = False,
         **kwargs: Any,
     ) -> None:
         _check_nonnegative(
@@ -280,6 +302,7 @@ class _AntTaskEnv(_TaskMixin, AntEnv):
             contact_cost_weight=contact_cost_weight,
             reset_noise_scale=reset_noise_scale,
         )
+        self.clip_actions = _check_flag("clip_actions", clip_actions)
         healthy_z_range = _check_range("healthy_z_range", healthy_z_range)
         contact_force_range = _check_range("contact_force_range", contact_force_range)
         super().__init__(
@@ -333,7 +356,7 @@ class AntVelEnv(_AntTaskEnv):
         **kwargs: Ant-v5 arguments, same names and defaults (``ctrl_cost_weight=0.5``,
             ``contact_cost_weight=5e-4``, ``healthy_reward=1``, ``healthy_z_range=(0.2, 1)``,
             ``include_cfrc_ext_in_observation=True``, ...); ``forward_reward_weight`` weighs
-            ``-|v_x - v|``.
+            ``-|v_x - v|``; ``clip_actions`` as :class:`HalfCheetahVelEnv`.
     """
 
     def __init__(self, velocity_low: float = 0.0, velocity_high: float = 3.0, **kwargs: Any) -> None:
@@ -381,6 +404,7 @@ class _LocomotionVectorEnv(TaskVectorEnv):
         self._reset_noise_scale = float(env.params.reset_noise_scale)
         self._skipped_qpos = int(env.observation_structure["skipped_qpos"])
         self._act_dim = int(env.action_space.shape[0])
+        self._action_bounds = (env.action_space.low, env.action_space.high) if env.clip_actions else None
         backend = PerEnvPhysics if self._needs_contact_forces() else BatchPhysics
         self._physics: BatchPhysics | PerEnvPhysics = backend(env.model, num_envs, env.frame_skip, self.num_threads)
         self._rngs: list[np.random.Generator | None] = [None] * num_envs
@@ -416,7 +440,7 @@ class _LocomotionVectorEnv(TaskVectorEnv):
         return self._observe(), self._position_info()
 
     def step(self, actions: np.ndarray):
-        """Step every running sub-episode with ``actions[i]`` (``[num_envs, act_dim]``, not clipped)."""
+        """Step every running sub-episode with ``actions[i]`` (``[num_envs, act_dim]``; clipped only with ``clip_actions``)."""
         if self._needs_reset:
             raise RuntimeError(f"{type(self).__name__}.step called before reset")
         actions = np.asarray(actions)
@@ -424,6 +448,8 @@ class _LocomotionVectorEnv(TaskVectorEnv):
             raise ValueError(f"actions must have shape {(self.num_envs, self._act_dim)}, got {actions.shape}")
         if not np.issubdtype(actions.dtype, np.floating):
             actions = actions.astype(np.float64)
+        if self._action_bounds is not None:
+            actions = np.clip(actions, *self._action_bounds)
         running = np.flatnonzero(~self._terminated) if self._terminated.any() else None
         before = self._tracked_position()
         if running is None or running.size:

@@ -89,6 +89,25 @@ def test_reward_parts_cheetah_vel() -> None:
     assert not terminated
 
 
+@pytest.mark.parametrize("env_id", ["metarl/HalfCheetahVel-v0", "metarl/AntVel-v0"])
+def test_clip_actions_clips_before_physics_and_control_cost(env_id: str) -> None:
+    wide = np.linspace(-2.0, 2.0, make_single(env_id).action_space.shape[0]).astype(np.float32)
+    clipped = np.clip(wide, -1.0, 1.0)
+    steps = []
+    for clip, action in [(True, wide), (False, clipped), (False, wide)]:
+        env = make_single(env_id, clip_actions=clip)
+        env.reset(seed=3)
+        steps.append(env.step(action))
+    (obs_a, rew_a, _, _, info_a), (obs_b, rew_b, _, _, _), (obs_c, rew_c, _, _, info_c) = steps
+    np.testing.assert_array_equal(obs_a, obs_b)  # clipped == already-clipped action
+    assert rew_a == rew_b
+    np.testing.assert_array_equal(obs_a, obs_c)  # MuJoCo clamps the controls anyway ...
+    weight = 0.05 if "Cheetah" in env_id else 0.5
+    assert info_a["reward_ctrl"] == pytest.approx(-weight * np.sum(clipped**2))
+    assert info_c["reward_ctrl"] == pytest.approx(-weight * np.sum(wide**2))  # ... but not the cost
+    assert rew_c < rew_a
+
+
 def test_reward_parts_ant_dir() -> None:
     env = make_single("metarl/AntDir-v0")
     env.task = {"direction": -1.0}
@@ -144,6 +163,7 @@ def test_task_setter_and_vector_sampling() -> None:
         (AntVelEnv, {"healthy_z_range": (1.0, 0.2)}, "healthy_z_range"),
         (AntVelEnv, {"reset_noise_scale": -1.0}, "reset_noise_scale"),
         (HalfCheetahVelVectorEnv, {"num_envs": 2, "num_threads": 0}, "num_threads"),
+        (AntVelEnv, {"clip_actions": "yes"}, "clip_actions"),
     ],
 )
 def test_bad_kwargs(factory, kwargs, match: str) -> None:
@@ -251,6 +271,12 @@ def test_cheetah_single_vs_batched_options() -> None:
         frame_skip=4,
         ctrl_cost_weight=0.1,
     )
+
+
+@pytest.mark.parametrize("env_id", ["metarl/HalfCheetahVel-v0", "metarl/AntVel-v0"])
+def test_single_vs_batched_with_clip_actions(env_id: str) -> None:
+    assert make_batched(env_id, num_envs=1, clip_actions=True).unwrapped._action_bounds is not None
+    _compare_rollouts(env_id, num_steps=30, action_scale=np.full((NUM_ENVS, 1), 1.5), clip_actions=True)
 
 
 # bang-bang actions make the first three ants jump out of the healthy z range; the rest stay alive
