@@ -80,7 +80,10 @@ class OuterConfig:
     cg_damping: float = _f(1e-5, "TRPO damping added to the Fisher-vector product", ge=0)
     ls_backtrack: float = _f(0.8, "TRPO line-search step shrink factor", gt=0, lt=1)
     ls_max_steps: int = _f(15, "TRPO line-search maximum backtracking steps", gt=0)
-    hvp_subsample: float = _f(1.0, "fraction of post-adaptation trajectories per task used for the KL Hessian", gt=0, le=1)
+    hvp_subsample: float = _f(1.0, "fraction of post-adaptation trajectories per task used for the Fisher in the KL Hessian", gt=0, le=1)
+    curvature: Literal["exact", "fisher"] = _f(
+        "exact", "TRPO KL Hessian: exact through the inner loop, or the adapted policies' Fisher (inner Jacobian = I)"
+    )
     lr: float = _f(1e-3, "Adam learning rate", gt=0)
 
 

@@ -60,7 +60,9 @@ def adaptation_settings(config: Config) -> AdaptationSettings:
 def trpo_settings(config: Config) -> TRPOSettings:
     """The TRPO settings of a config."""
     o = config.outer
-    return TRPOSettings(o.max_kl, o.cg_iters, o.cg_damping, o.ls_backtrack, o.ls_max_steps, o.hvp_subsample)
+    return TRPOSettings(
+        o.max_kl, o.cg_iters, o.cg_damping, o.ls_backtrack, o.ls_max_steps, o.hvp_subsample, o.curvature
+    )
 
 
 def run_name(config: Config, algo: str) -> str:

@@ -46,19 +46,33 @@ def test_kl_curvature_matches_explicit_hessian(tiny_policy, k: int, first_order:
     assert (hessian @ v).abs().max() > 1e-4
 
 
-def test_kl_curvature_subsample_uses_fewer_trajectories(tiny_policy) -> None:
+def test_kl_curvature_subsample_thins_only_the_fisher(tiny_policy) -> None:
+    """``subsample`` = exact curvature of the batch whose post-adaptation set keeps its first trajectories:
+    the inner-loop Jacobian still uses every pre-adaptation trajectory."""
     batch = MetaBatch([{}] * 2, [random_episodes(2, 4, 4, 1)], random_episodes(2, 4, 4, 2))
-    full = kl_curvature(tiny_policy, tiny_policy.params(), batch, settings(1), 1.0)
-    half = kl_curvature(tiny_policy, tiny_policy.params(), batch, settings(1), 0.5)
-    small = MetaBatch([{}] * 2, [batch.train[0].subsample(2)], batch.valid.subsample(2))
-    v = torch.randn(flatten(tiny_policy.params()).numel(), dtype=torch.float64)
-    adapted_point_differs = not torch.allclose(full(v), half(v))
-    assert adapted_point_differs
-    # Subsampled curvature = exact curvature of the subsampled batch, except the adaptation point,
-    # which always uses all trajectories: check it against that batch's explicit Fisher at J = I.
-    first = kl_curvature(tiny_policy, tiny_policy.params(), small, settings(1, True), 1.0)
-    first_sub = kl_curvature(tiny_policy, tiny_policy.params(), MetaBatch([{}] * 2, [small.train[0]], batch.valid), settings(1, True), 0.5)
-    torch.testing.assert_close(first(v), first_sub(v))
+    params = tiny_policy.params()
+    full = kl_curvature(tiny_policy, params, batch, settings(1), 1.0)
+    half = kl_curvature(tiny_policy, params, batch, settings(1), 0.5)
+    thinned_valid = kl_curvature(tiny_policy, params, MetaBatch([{}] * 2, batch.train, batch.valid.subsample(2)), settings(1), 1.0)
+    thinned_both = kl_curvature(
+        tiny_policy, params, MetaBatch([{}] * 2, [batch.train[0].subsample(2)], batch.valid.subsample(2)), settings(1), 1.0
+    )
+    v = torch.randn(flatten(params).numel(), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    torch.testing.assert_close(half(v), thinned_valid(v), rtol=1e-10, atol=1e-12)
+    assert not torch.allclose(half(v), full(v))
+    assert not torch.allclose(half(v), thinned_both(v))
+
+
+def test_fisher_curvature_skips_the_inner_jacobian(tiny_policy) -> None:
+    """``through_inner_loop=False`` is the adapted policies' Fisher: the first-order curvature, at the same point."""
+    batch = MetaBatch([{}] * 2, [random_episodes(2, 3, 4, 3)], random_episodes(2, 3, 4, 4))
+    params = tiny_policy.params()
+    fisher = kl_curvature(tiny_policy, params, batch, settings(1, False), through_inner_loop=False)
+    first_order = kl_curvature(tiny_policy, params, batch, settings(1, True))
+    exact = kl_curvature(tiny_policy, params, batch, settings(1, False))
+    v = torch.randn(flatten(params).numel(), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    torch.testing.assert_close(fisher(v), first_order(v), rtol=1e-10, atol=1e-12)
+    assert not torch.allclose(fisher(v), exact(v))
 
 
 def test_trpo_step_respects_max_kl_and_improves(tiny_policy) -> None:
@@ -67,7 +81,8 @@ def test_trpo_step_respects_max_kl_and_improves(tiny_policy) -> None:
         before = flatten(tiny_policy.params()).detach().clone()
         old = old_policy(tiny_policy, adapt_on_batch(tiny_policy, tiny_policy.params(), batch, settings(1), True), batch.valid)
         max_kl = 1e-3
-        stats = trpo_step(tiny_policy, batch, settings(1), TRPOSettings(max_kl=max_kl, cg_iters=20))
+        curvature = "exact" if seed < 2 else "fisher"
+        stats = trpo_step(tiny_policy, batch, settings(1), TRPOSettings(max_kl=max_kl, cg_iters=20, curvature=curvature))
         adapted = adapt_on_batch(tiny_policy, tiny_policy.params(), batch, settings(1), True)
         kl = mean_kl(tiny_policy, adapted, batch.valid, old).item()
         assert kl <= max_kl
