@@ -176,17 +176,32 @@ def trpo_step(
     old_flat = flatten(params).detach().clone()
     old_loss = loss.item()
     stats = {"loss_before": old_loss, "ls_steps": float(settings.ls_max_steps), "accepted": 0.0}
+    scale = 1.0
     for j in range(settings.ls_max_steps):
-        set_flat_params(policy, old_flat + settings.ls_backtrack**j * full_step)
+        set_flat_params(policy, old_flat + scale * full_step)
         new_loss, new_kl = evaluate_outer(policy, batch, adaptation, old)
         if math.isfinite(new_loss) and new_loss < old_loss and new_kl <= settings.max_kl:
-            stats.update(loss_after=new_loss, kl=new_kl, ls_steps=float(j), accepted=1.0)
+            stats.update(loss_after=new_loss, kl=new_kl, ls_steps=float(j), accepted=1.0, step_scale=scale)
             break
+        scale *= next_shrink(new_kl, settings.max_kl, settings.ls_backtrack)
     else:
         set_flat_params(policy, old_flat)
         stats.update(loss_after=old_loss, kl=0.0)
     stats["improvement"] = stats["loss_before"] - stats["loss_after"]
     return stats
+
+
+def next_shrink(kl: float, max_kl: float, backtrack: float, margin: float = 0.9) -> float:
+    """Factor for the next line-search step after a rejected one.
+
+    ``backtrack`` (the classic geometric search), or smaller when the step overshot the trust
+    region: the KL grows about quadratically with the step length, so ``margin *
+    sqrt(max_kl / kl)`` lands just inside it in one try instead of several backtracks (with an
+    approximate curvature such as ``outer.curvature: fisher`` the first step often overshoots).
+    """
+    if math.isfinite(kl) and kl > max_kl:
+        return min(backtrack, margin * math.sqrt(max_kl / kl))
+    return backtrack
 
 
 def evaluate_outer(

@@ -113,3 +113,36 @@ def test_trpo_line_search_restores_parameters_when_no_step_improves(tiny_policy,
     for a, b in zip(steps[:-1], steps[1:]):
         torch.testing.assert_close(b, 0.5 * a)
     torch.testing.assert_close(flatten(tiny_policy.params()).detach(), before)
+
+
+def test_line_search_jumps_inside_the_trust_region_when_the_step_overshoots(tiny_policy, monkeypatch) -> None:
+    """With KL quadratic in the step length, one KL-scaled shrink lands inside max_kl (no geometric crawl)."""
+    import metarl.trpo as trpo
+
+    batch = MetaBatch([{}] * 2, [random_episodes(2, 3, 4, 1)], random_episodes(2, 3, 4, 2))
+    before = flatten(tiny_policy.params()).detach().clone()
+    scales: list[float] = []
+    full: list[torch.Tensor] = []
+
+    def quadratic_kl(policy, batch, adaptation, old):
+        step = flatten(policy.params()).detach() - before
+        if not full:
+            full.append(step)
+        scale = float(step.norm() / full[0].norm())
+        scales.append(scale)
+        return -scale, 0.09 * scale**2  # the full step overshoots max_kl = 0.01 ninefold
+
+    monkeypatch.setattr(trpo, "evaluate_outer", quadratic_kl)
+    stats = trpo_step(tiny_policy, batch, settings(1), TRPOSettings(max_kl=0.01, ls_backtrack=0.8))
+    assert stats["accepted"] == 1.0 and stats["ls_steps"] == 1.0
+    assert scales[1] == pytest.approx(0.9 / 3.0)  # margin * sqrt(0.01 / 0.09), not 0.8
+    assert stats["kl"] == pytest.approx(0.01 * 0.81)
+
+
+def test_next_shrink() -> None:
+    from metarl.trpo import next_shrink
+
+    assert next_shrink(0.005, 0.01, 0.8) == 0.8  # inside the region but no improvement: geometric
+    assert next_shrink(0.0101, 0.01, 0.8) == 0.8  # barely over: the geometric step is already smaller
+    assert next_shrink(0.04, 0.01, 0.8) == pytest.approx(0.45)
+    assert next_shrink(float("nan"), 0.01, 0.8) == 0.8
