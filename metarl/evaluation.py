@@ -11,9 +11,8 @@ import torch
 from metarl.config import Config
 from metarl.maml import inner_step_sizes, sample_meta_batch
 from metarl.policy import GaussianMLPPolicy
-from metarl.sampler import Sampler, make_task_env
-from metarl.trainer import adaptation_settings, torch_dtype
-
+from metarl.sampler import make_task_env
+from metarl.trainer import adaptation_settings, make_sampler
 
 PAPER_REFERENCE: dict[tuple[str, int], dict[str, list[float]]] = {
     ("metarl/Navigation2D-v0", 100): {"MAML (paper)": [-39, -11, -3.3, -3.1],
@@ -58,8 +57,7 @@ def evaluate_adaptation(
     generator = torch.Generator().manual_seed(seed)
     task_env = make_task_env(config.env.id, config.env.horizon, config.env.kwargs)
     tasks = task_env.unwrapped.sample_tasks(num_tasks, rng)
-    sampler = Sampler(config.env.id, num_tasks, episodes, config.env.horizon, config.env.kwargs,
-                      config.env.vector_kwargs, config.env.vectorization, torch_dtype(config.train.dtype))
+    sampler = make_sampler(config, num_tasks, episodes)
     try:
         batch, _ = sample_meta_batch(
             sampler, policy, policy.params(), tasks, adaptation_settings(config), rng, generator,

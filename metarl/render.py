@@ -38,8 +38,9 @@ from metarl.checkpoint import load_checkpoint, policy_from_checkpoint, resolve_c
 from metarl.config import Config
 from metarl.maml import inner_step_sizes, sample_meta_batch
 from metarl.policy import GaussianMLPPolicy, Params, is_stacked, stack_params
-from metarl.sampler import Sampler, make_task_env
-from metarl.trainer import adaptation_settings, torch_dtype
+from metarl.reporting import env_slug
+from metarl.sampler import make_task_env
+from metarl.trainer import adaptation_settings, make_sampler, torch_dtype
 
 RenderKind = Literal["video", "navigation", "sinusoid"]
 
@@ -136,12 +137,6 @@ def render_kind(env: gymnasium.Env) -> RenderKind:
     )
 
 
-def env_slug(env_id: str) -> str:
-    """A short file-name-safe name of an env id: ``metarl/HalfCheetahVel-v0`` -> ``halfcheetahvel``."""
-    name = env_id.split("/")[-1].split("-v")[0]
-    return "".join(c for c in name.lower() if c.isalnum())
-
-
 def format_task(task: Task, digits: int = 2) -> str:
     """``velocity=1.23`` / ``goal_x=0.10, goal_y=-0.30``."""
     return ", ".join(f"{k}={v:.{digits}f}" for k, v in task.items())
@@ -192,9 +187,7 @@ def adapt_tasks(
     lrs = inner_step_sizes(config.maml.inner_lr if inner_lr is None else inner_lr, num_steps, decay_after_first=True)
     rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(seed)
-    e = config.env
-    sampler = Sampler(e.id, len(tasks), episodes_per_task, e.horizon, e.kwargs, e.vector_kwargs, e.vectorization,
-                      torch_dtype(config.train.dtype))
+    sampler = make_sampler(config, len(tasks), episodes_per_task)
     try:
         batch, used = sample_meta_batch(sampler, policy, policy.params(), list(tasks), adaptation_settings(config),
                                         rng, generator, lrs=lrs)

@@ -27,6 +27,13 @@ def machine_description() -> str:
             f"{torch.get_num_threads()} torch threads")
 
 
+def env_slug(env_id: str) -> str:
+    """A short file-name-safe name of an env id: ``metarl/HalfCheetahVel-v0`` -> ``halfcheetahvel``
+    (a ``module:`` prefix is dropped)."""
+    name = env_id.split(":")[-1].split("/")[-1].split("-v")[0]
+    return "".join(c for c in name.lower() if c.isalnum())
+
+
 def write_results(results_dir: Path, name: str, markdown: str, data: dict[str, Any]) -> tuple[Path, Path]:
     """Write ``name.md`` (with the machine and date) and ``name.json`` under ``results_dir``."""
     results_dir.mkdir(parents=True, exist_ok=True)

@@ -49,6 +49,13 @@ def build_policy(config: Config, obs_dim: int, act_dim: int) -> GaussianMLPPolic
     return policy.to(torch_dtype(config.train.dtype))
 
 
+def make_sampler(config: Config, num_tasks: int, episodes_per_task: int) -> Sampler:
+    """A sampler of ``episodes_per_task`` episodes for each of ``num_tasks`` tasks of the config's env."""
+    e = config.env
+    return Sampler(e.id, num_tasks, episodes_per_task, e.horizon, e.kwargs, e.vector_kwargs, e.vectorization,
+                   torch_dtype(config.train.dtype))
+
+
 def adaptation_settings(config: Config) -> AdaptationSettings:
     """The inner-loop settings of a config."""
     m = config.maml
@@ -95,7 +102,6 @@ def train(config: Config, run_dir: Path, resume: bool = False, progress: bool = 
         raise ValueError("train() runs the policy-gradient loss; use metarl.supervised for maml.loss=supervised")
     if config.train.num_threads:
         torch.set_num_threads(config.train.num_threads)
-    dtype = torch_dtype(config.train.dtype)
     ckpt_dir = run_dir / "checkpoints"
     task_env = make_task_env(config.env.id, config.env.horizon, config.env.kwargs)
     obs_dim = int(np.prod(task_env.observation_space.shape))
@@ -114,10 +120,7 @@ def train(config: Config, run_dir: Path, resume: bool = False, progress: bool = 
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
 
     m = config.maml
-    sampler = Sampler(
-        config.env.id, m.meta_batch_size, m.episodes_per_task, config.env.horizon, config.env.kwargs,
-        config.env.vector_kwargs, config.env.vectorization, dtype,
-    )
+    sampler = make_sampler(config, m.meta_batch_size, m.episodes_per_task)
     adaptation, trpo = adaptation_settings(config), trpo_settings(config)
     writer = SummaryWriter(str(run_dir))
     if start == 0:

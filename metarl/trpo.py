@@ -9,7 +9,6 @@ from typing import Callable, Literal
 import torch
 from torch import Tensor
 
-from metarl.episodes import Episodes
 from metarl.maml import (
     AdaptationSettings,
     MetaBatch,
@@ -181,7 +180,7 @@ def trpo_step(
         set_flat_params(policy, old_flat + scale * full_step)
         new_loss, new_kl = evaluate_outer(policy, batch, adaptation, old)
         if math.isfinite(new_loss) and new_loss < old_loss and new_kl <= settings.max_kl:
-            stats.update(loss_after=new_loss, kl=new_kl, ls_steps=float(j), accepted=1.0, step_scale=scale)
+            stats.update(loss_after=new_loss, kl=new_kl, ls_steps=float(j), accepted=1.0)
             break
         scale *= next_shrink(new_kl, settings.max_kl, settings.ls_backtrack)
     else:

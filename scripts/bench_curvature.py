@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from metarl.checkpoint import load_checkpoint, policy_from_checkpoint  # noqa: E402
 from metarl.maml import sample_meta_batch  # noqa: E402
-from metarl.reporting import write_results  # noqa: E402
-from metarl.sampler import Sampler, make_task_env  # noqa: E402
-from metarl.trainer import adaptation_settings, iteration_rngs, torch_dtype, trpo_settings  # noqa: E402
+from metarl.reporting import env_slug, write_results  # noqa: E402
+from metarl.sampler import make_task_env  # noqa: E402
+from metarl.trainer import adaptation_settings, iteration_rngs, make_sampler, torch_dtype, trpo_settings  # noqa: E402
 from metarl.trpo import trpo_step  # noqa: E402
 
 
@@ -68,8 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     policy = policy_from_checkpoint(payload).to(torch_dtype(config.train.dtype))
     m = config.maml
     task_env = make_task_env(config.env.id, config.env.horizon, config.env.kwargs)
-    sampler = Sampler(config.env.id, m.meta_batch_size, m.episodes_per_task, config.env.horizon, config.env.kwargs,
-                      config.env.vector_kwargs, config.env.vectorization, torch_dtype(config.train.dtype))
+    sampler = make_sampler(config, m.meta_batch_size, m.episodes_per_task)
     adaptation, base = adaptation_settings(config), trpo_settings(config)
     options = [(curvature, sub) for curvature in ("exact", "fisher") for sub in subsamples]
     rows: dict[str, list[dict[str, float]]] = {f"{c}, hvp_subsample {s:g}": [] for c, s in options}
@@ -96,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
              "|---|---:|---:|---:|---:|---:|"]
     table += [f"| {label} | {s['seconds']:.2f} | {s['seconds'] / fastest:.1f}x | {s['improvement']:.5f} | "
               f"{s['kl']:.4f} | {s['ls_steps']:.1f} |" for label, s in summary.items()]
-    name = args.name or "curvature_" + config.env.id.split("/")[-1].rsplit("-v", 1)[0].lower()
+    name = args.name or f"curvature_{env_slug(config.env.id)}"
     md = (f"# TRPO curvature options on {config.env.id}\n\n"
           f"Checkpoint {args.checkpoint} (iteration {payload['iteration']}), {args.batches} meta-batches of "
           f"{m.meta_batch_size} tasks x {m.episodes_per_task} trajectories, max KL {base.max_kl}, "

@@ -30,16 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from metarl.checkpoint import load_checkpoint, policy_from_checkpoint  # noqa: E402
 from metarl.config import Config, load_config  # noqa: E402
 from metarl.evaluation import PAPER_REFERENCE, evaluate_adaptation, markdown_table  # noqa: E402
-from metarl.reporting import timing_summary, write_results  # noqa: E402
+from metarl.reporting import env_slug, timing_summary, write_results  # noqa: E402
 from metarl.trainer import build_policy, train  # noqa: E402
 
 TARGET_STEP1: dict[str, float] = {"metarl/Navigation2D-v0": -11.7, "metarl/HalfCheetahVel-v0": -78.0}
 """One-step post-adaptation targets the issues set (the paper's figure)."""
-
-
-def results_name(env_id: str) -> str:
-    """``metarl/HalfCheetahVel-v0`` -> ``halfcheetahvel``."""
-    return env_id.split(":")[-1].split("/")[-1].rsplit("-v", 1)[0].lower()
 
 
 def protocol_section(config: Config, results: dict[str, dict], num_tasks: int, seed: int) -> str:
@@ -79,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
     overrides = [*args.set] + ([f"train.iterations={args.iterations}"] if args.iterations is not None else [])
     config = load_config(args.config, overrides)
-    name = results_name(config.env.id)
+    name = env_slug(config.env.id)
     run_dir = args.output_dir or Path("runs") / f"bench_{name}"
     wall = None
     if not args.skip_training:

@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from metarl.baselines import BenchmarkProtocol, SB3Settings, parse_methods, run_benchmark  # noqa: E402
 from metarl.evaluation import markdown_table  # noqa: E402
-from metarl.render import env_slug, plot_adaptation_curves  # noqa: E402
-from metarl.reporting import write_results  # noqa: E402
+from metarl.render import plot_adaptation_curves  # noqa: E402
+from metarl.reporting import env_slug, write_results  # noqa: E402
 
 
 def report_markdown(data: dict[str, Any], figure: str, command: str) -> str:

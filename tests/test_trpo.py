@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from metarl.maml import MetaBatch, adapt_on_batch, mean_kl, old_policy
 from metarl.policy import flatten, unflatten
-import pytest
-
 from metarl.trpo import TRPOSettings, conjugate_gradient, kl_curvature, trpo_step
 from tests.conftest import random_episodes
 from tests.test_maml import settings
