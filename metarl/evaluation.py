@@ -43,8 +43,9 @@ def evaluate_adaptation(
 ) -> dict[str, Any]:
     """Adapt ``policy`` on fresh seeded tasks with 0..k inner steps (alpha, then alpha/2) and measure returns.
 
-    Returns ``{"steps": [{"step": k, "mean_return": x, "ci95": h}, ...], "per_task": [[...], ...]}``,
-    where the confidence interval is over tasks (each task's return averaged over its episodes).
+    Returns ``{"steps": [{"step": k, "mean_return": x, "ci95": h}, ...], "per_task": [[...], ...],
+    "tasks": [...]}``, where the confidence interval is over tasks (each task's return averaged
+    over its episodes) and ``per_task[k][i]`` is task ``tasks[i]``'s return after ``k`` steps.
     Arguments left as ``None`` come from ``config.eval`` / ``config.maml``.
     """
     e = config.eval
@@ -70,7 +71,8 @@ def evaluate_adaptation(
     for k, returns in enumerate(per_task):
         mean, ci = mean_ci95(returns)
         steps.append({"step": k, "mean_return": mean, "ci95": ci})
-    return {"steps": steps, "per_task": [r.tolist() for r in per_task], "num_tasks": num_tasks,
+    return {"steps": steps, "per_task": [r.tolist() for r in per_task], "tasks": [dict(t) for t in tasks],
+            "num_tasks": num_tasks,
             "episodes_per_step": episodes, "inner_lr": lr, "seed": seed}
 
 
@@ -82,4 +84,33 @@ def markdown_table(results: dict[str, dict[str, Any]], key: str = "mean_return",
     for name in methods:
         cells = [f"{s[key]:.{digits}f} ± {s['ci95']:.{digits}f}" for s in results[name]["steps"]]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def returns_by_task_parameter(result: dict[str, Any], num_bins: int = 4) -> str | None:
+    """Markdown table of the mean return after each step by quantile bin of a scalar task parameter.
+
+    ``result`` is :func:`evaluate_adaptation`'s output. Shows where the average comes from
+    (e.g. which goal velocities adapt well). A parameter with at most ``num_bins`` distinct
+    values (a goal direction) gets one row per value. ``None`` when the tasks are not
+    described by a single scalar (2D navigation goals).
+    """
+    tasks = result.get("tasks", [])
+    if num_bins < 1:
+        raise ValueError(f"num_bins must be >= 1, got {num_bins}")
+    if not tasks or any(len(t) != 1 for t in tasks) or len({k for t in tasks for k in t}) != 1:
+        return None
+    key = next(iter(tasks[0]))
+    values = np.array([t[key] for t in tasks], dtype=np.float64)
+    per_task = np.asarray(result["per_task"], dtype=np.float64)  # [steps, tasks]
+    unique = np.unique(values)
+    if unique.size <= num_bins:  # discrete parameter (goal direction): one row per value
+        groups = [np.flatnonzero(values == u) for u in unique]
+    else:
+        groups = np.array_split(np.argsort(values, kind="stable"), min(num_bins, values.size))
+    header = "| " + key + " | tasks | " + " | ".join(f"{k} steps" for k in range(per_task.shape[0])) + " |"
+    lines = [header, "|---" * (per_task.shape[0] + 2) + "|"]
+    for chunk in groups:
+        cells = " | ".join(f"{per_task[k, chunk].mean():.2f}" for k in range(per_task.shape[0]))
+        lines.append(f"| {values[chunk].min():.2f} to {values[chunk].max():.2f} | {chunk.size} | {cells} |")
     return "\n".join(lines)

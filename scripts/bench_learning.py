@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from metarl.checkpoint import load_checkpoint, policy_from_checkpoint  # noqa: E402
 from metarl.config import Config, load_config  # noqa: E402
-from metarl.evaluation import PAPER_REFERENCE, evaluate_adaptation, markdown_table  # noqa: E402
+from metarl.evaluation import PAPER_REFERENCE, evaluate_adaptation, markdown_table, returns_by_task_parameter  # noqa: E402
 from metarl.reporting import env_slug, timing_summary, write_results  # noqa: E402
 from metarl.trainer import build_policy, train  # noqa: E402
 
@@ -47,12 +47,14 @@ def protocol_section(config: Config, results: dict[str, dict], num_tasks: int, s
     )
     target = TARGET_STEP1.get(config.env.id)
     step1 = steps[1]["mean_return"] if len(steps) > 1 else float("nan")
+    by_task = returns_by_task_parameter(results["MAML (metarl)"])
+    by_task_md = f"\nMAML by task parameter (mean return of the tasks in each bin):\n\n{by_task}\n" if by_task else ""
     verdict = (f"target after 1 step >= {target}: **{step1:.2f}** ({'met' if step1 >= target else 'NOT met'})"
                if target is not None else f"after 1 step: **{step1:.2f}**")
     return (
         f"## {num_tasks} fresh tasks (seed {seed}), {config.eval.episodes_per_step} trajectories per step, "
         f"step sizes alpha then alpha/2\n\n{markdown_table(results)}\n{paper_rows}\n"
-        f"- {verdict}; beats random init at every step: **{beats_random}**\n"
+        f"- {verdict}; beats random init at every step: **{beats_random}**\n{by_task_md}"
     )
 
 

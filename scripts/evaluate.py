@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from metarl.checkpoint import load_checkpoint, policy_from_checkpoint, resolve_checkpoint  # noqa: E402
-from metarl.evaluation import evaluate_adaptation, markdown_table  # noqa: E402
+from metarl.evaluation import evaluate_adaptation, markdown_table, returns_by_task_parameter  # noqa: E402
 from metarl.supervised import evaluate_regression  # noqa: E402
 
 
@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         result = evaluate_adaptation(policy, config, args.num_tasks, args.num_steps, args.episodes_per_step, args.seed)
         table = markdown_table({"MAML": result})
+        by_task = returns_by_task_parameter(result)
+        if by_task is not None:
+            table += "\n\nMean return by task parameter:\n\n" + by_task
     result["checkpoint"] = str(path)
     out_dir = args.output_dir or path.parent.parent
     out_dir.mkdir(parents=True, exist_ok=True)
