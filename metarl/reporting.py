@@ -67,3 +67,30 @@ def timing_summary(rows: list[dict[str, float]]) -> dict[str, float]:
         "median_learning_s": statistics.median(learning),
         "learner_fraction": statistics.median((a + lr) / t for a, lr, t in zip(adapt, learning, total)),
     }
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, float]]:
+    """The rows of a run directory's ``metrics.jsonl``, one per logged meta-iteration."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"no metrics.jsonl in {run_dir}")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def paired_difference(
+    rows_a: list[dict[str, float]], rows_b: list[dict[str, float]], key: str, first: int = 0, last: int | None = None
+) -> dict[str, float]:
+    """Mean and standard error of ``B - A`` for ``key`` over the iterations both runs logged (in ``[first, last]``).
+
+    Two runs with the same ``train.seed`` draw the same tasks and noise seeds at the same
+    iteration, so the per-iteration difference cancels the task draw, which dominates the
+    spread of a single run's curve (e.g. HalfCheetahVel's mean goal velocity per batch).
+    """
+    a = {int(r["iteration"]): r[key] for r in rows_a if key in r}
+    b = {int(r["iteration"]): r[key] for r in rows_b if key in r}
+    common = sorted(i for i in a.keys() & b.keys() if i >= first and (last is None or i <= last))
+    if len(common) < 2:
+        raise ValueError(f"the runs share {len(common)} logged iterations of {key!r} in the range; need at least 2")
+    diffs = [b[i] - a[i] for i in common]
+    return {"iterations": len(common), "first": common[0], "last": common[-1], "mean": statistics.mean(diffs),
+            "se": statistics.stdev(diffs) / len(diffs) ** 0.5}

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
-from scripts import bench_curvature, bench_learning
+import pytest
+
+from metarl.reporting import paired_difference
+from scripts import bench_curvature, bench_learning, compare_runs
 
 
 def test_bench_learning_tiny(tmp_path: Path) -> None:
@@ -29,10 +33,37 @@ def test_bench_curvature_tiny(tmp_path: Path) -> None:
     assert bench_learning.main(["--iterations", "1", "--precise-tasks", "0", "--output-dir", str(run), "--no-progress",
                                 "--results", str(tmp_path / "r0"), "--set=eval.num_tasks=2", "--set=eval.num_steps=1",
                                 "--set=eval.episodes_per_step=2"] + [f"--set={s}" for s in tiny]) == 0
-    args = ["--checkpoint", str(run), "--batches", "1", "--threads", "1", "--subsamples", "1,0.5",
+    args = ["--checkpoint", str(run), "--batches", "2", "--threads", "1", "--subsamples", "1,0.5",
             "--results", str(tmp_path / "results")]
     assert bench_curvature.main(args) == 0
     data = json.loads((tmp_path / "results" / "curvature_navigation2d.json").read_text())
     assert set(data["summary"]) == {f"{c}, hvp_subsample {s}" for c in ("exact", "fisher") for s in ("1", "0.5")}
     for stats in data["summary"].values():
         assert stats["seconds"] > 0 and 0 <= stats["kl"] <= 0.01 and stats["improvement"] >= 0
+        assert math.isfinite(stats["held_out_gain"]) and stats["held_out_kl"] >= 0  # the step, on the other batch
+    assert all(len(runs) == 2 for runs in data["per_batch"].values())
+    assert "held-out gain" in (tmp_path / "results" / "curvature_navigation2d.md").read_text()
+
+
+def _write_metrics(run: Path, rows: list[dict[str, float]]) -> None:
+    run.mkdir(parents=True)
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_paired_difference_hand_computed_and_compare_runs(tmp_path: Path) -> None:
+    timing = {"perf/time_sampling_s": 1.0, "perf/time_adapt_s": 0.0, "perf/time_learning_s": 1.0}
+    a = [{"iteration": i, "ret": r, **timing} for i, r in enumerate([-10.0, -8.0, -9.0, -7.0])]
+    b = [{"iteration": i, "ret": r, **timing} for i, r in [(1, -7.0), (2, -6.0), (3, -6.0), (4, 0.0)]]
+    d = paired_difference(a, b, "ret")  # iterations 1..3: differences 1, 3, 1
+    assert (d["iterations"], d["first"], d["last"]) == (3, 1, 3)
+    assert d["mean"] == pytest.approx(5 / 3) and d["se"] == pytest.approx((4 / 3) ** 0.5 / 3 ** 0.5)
+    assert paired_difference(a, b, "ret", first=2)["mean"] == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="share 1"):
+        paired_difference(a, b, "ret", first=3)
+    _write_metrics(tmp_path / "a", a)
+    _write_metrics(tmp_path / "b", b)
+    args = [str(tmp_path / "a"), str(tmp_path / "b"), "--keys", "ret", "--results", str(tmp_path / "r"), "--name", "ab"]
+    assert compare_runs.main(args) == 0
+    data = json.loads((tmp_path / "r" / "ab.json").read_text())
+    assert data["differences"]["ret"]["mean"] == pytest.approx(5 / 3) and data["seconds_a"] == 2.0
+    assert compare_runs.main([str(tmp_path / "a"), str(tmp_path / "missing")]) == 2
