@@ -68,6 +68,10 @@ class MamlConfig:
     gamma: float = _f(0.99, "discount factor", ge=0, le=1)
     gae_lambda: float = _f(1.0, "GAE lambda (1: Monte-Carlo returns minus baseline)", ge=0, le=1)
     normalize_advantages: bool = _f(True, "standardise advantages per task")
+    inner_estimator: Literal["log", "lvc"] = _f(
+        "log", "inner policy-gradient loss: log-likelihood form (MAML paper) or ProMP's low-variance curvature form, "
+        "whose Hessian credits pre-adaptation sampling (same inner step, different meta-gradient)"
+    )
 
 
 @dataclass

@@ -9,7 +9,7 @@ loop over tasks anywhere here.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -22,6 +22,9 @@ from metarl.policy import GaussianMLPPolicy, Params, detach_params, is_stacked, 
 
 InnerLoss = Callable[[Params, int], Tensor]
 """``(stacked params, inner step index) -> sum over tasks of each task's inner loss``."""
+
+InnerEstimator = Literal["log", "lvc"]
+"""How the inner policy-gradient loss is written, which sets its second derivative (see :func:`reinforce_loss`)."""
 
 
 def inner_update(params: Params, grads: Sequence[Tensor], lr: float) -> Params:
@@ -62,12 +65,26 @@ def log_probs(policy: GaussianMLPPolicy, params: Params, episodes: Episodes) -> 
     return log_prob(mean, log_std, task_major(episodes.actions)), mean, log_std
 
 
-def reinforce_loss(policy: GaussianMLPPolicy, params: Params, episodes: Episodes) -> Tensor:
-    """REINFORCE with baseline: ``sum_i mean_t[-log pi_i(a|s) * A]`` (per-task mean, summed over tasks)."""
+def reinforce_loss(
+    policy: GaussianMLPPolicy, params: Params, episodes: Episodes, estimator: InnerEstimator = "log"
+) -> Tensor:
+    """REINFORCE with baseline, ``sum_i mean_t[-w * A]`` (per-task mean, summed over tasks).
+
+    ``estimator="log"`` (the MAML paper's code): ``w = log pi(a|s)``. ``"lvc"`` (the
+    low-variance curvature objective of Rothfuss et al. 2019, ProMP): ``w = pi / stop_grad(pi)``,
+    which is 1 in value. Both have the same gradient, ``-mean_t[A grad log pi]``. They differ
+    in the Hessian, which second-order MAML differentiates through. ``lvc`` adds
+    ``-mean_t[A grad log pi grad log pi^T]``, the part of the expected objective's Hessian
+    that comes from the sampling distribution. With it, the meta-gradient credits
+    pre-adaptation actions for the inner step they lead to; the log form drops that term.
+    """
     if episodes.advantages is None:
         raise ValueError("episodes have no advantages: pass them through metarl.advantages.process first")
+    if estimator not in ("log", "lvc"):
+        raise ValueError(f"estimator must be 'log' or 'lvc', got {estimator!r}")
     logp, _, _ = log_probs(policy, params, episodes)
-    return masked_task_mean(-logp * task_major(episodes.advantages), task_major(episodes.mask)).sum()
+    weight = logp if estimator == "log" else torch.exp(logp - logp.detach())
+    return masked_task_mean(-weight * task_major(episodes.advantages), task_major(episodes.mask)).sum()
 
 
 @dataclass(frozen=True)
@@ -132,11 +149,12 @@ class AdaptationSettings:
     gamma: float
     gae_lambda: float
     normalize_advantages: bool
+    inner_estimator: InnerEstimator = "log"
 
 
-def rl_inner_loss(policy: GaussianMLPPolicy, train: Sequence[Episodes]) -> InnerLoss:
+def rl_inner_loss(policy: GaussianMLPPolicy, train: Sequence[Episodes], estimator: InnerEstimator = "log") -> InnerLoss:
     """The inner loss of step ``k`` is REINFORCE on the episodes sampled with the step-``k`` parameters."""
-    return lambda params, step: reinforce_loss(policy, params, train[step])
+    return lambda params, step: reinforce_loss(policy, params, train[step], estimator)
 
 
 def adapt_on_batch(
@@ -144,7 +162,7 @@ def adapt_on_batch(
 ) -> Params:
     """Re-run the meta-batch's inner loop from ``params`` (differentiably unless ``first_order``)."""
     lrs = inner_step_sizes(settings.inner_lr, len(batch.train))
-    return adapt(rl_inner_loss(policy, batch.train), params, len(batch.tasks), lrs, first_order)
+    return adapt(rl_inner_loss(policy, batch.train, settings.inner_estimator), params, len(batch.tasks), lrs, first_order)
 
 
 def sample_meta_batch(

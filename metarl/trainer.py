@@ -60,7 +60,7 @@ def adaptation_settings(config: Config) -> AdaptationSettings:
     """The inner-loop settings of a config."""
     m = config.maml
     return AdaptationSettings(
-        m.inner_lr, m.num_inner_steps, m.first_order, m.gamma, m.gae_lambda, m.normalize_advantages
+        m.inner_lr, m.num_inner_steps, m.first_order, m.gamma, m.gae_lambda, m.normalize_advantages, m.inner_estimator
     )
 
 

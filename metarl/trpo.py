@@ -121,7 +121,9 @@ def kl_curvature(
     for step, episodes in enumerate(batch.train):
         leaf = _leaf(point)
         if through_inner_loop and not adaptation.first_order:
-            inner_hessians.append(_hessian_operator(reinforce_loss(policy, leaf, episodes), leaf))
+            inner_hessians.append(
+                _hessian_operator(reinforce_loss(policy, leaf, episodes, adaptation.inner_estimator), leaf)
+            )
         point = detach_params(adapt(rl_inner_loss(policy, [episodes]), leaf, n, [lrs[step]], first_order=True))
     leaf = _leaf(point)
     valid = batch.valid

@@ -12,6 +12,7 @@ from metarl.maml import (
     adapt,
     adapt_on_batch,
     inner_step_sizes,
+    log_probs,
     old_policy,
     reinforce_loss,
     rl_inner_loss,
@@ -28,8 +29,8 @@ def make_batch(n: int, k: int, seed: int = 1) -> MetaBatch:
     return MetaBatch([{}] * n, train, random_episodes(n, 3, 5, seed + 100))
 
 
-def settings(k: int, first_order: bool = False) -> AdaptationSettings:
-    return AdaptationSettings(0.5, k, first_order, 0.9, 0.95, True)
+def settings(k: int, first_order: bool = False, estimator: str = "log") -> AdaptationSettings:
+    return AdaptationSettings(0.5, k, first_order, 0.9, 0.95, True, estimator)
 
 
 def meta_objective(policy: GaussianMLPPolicy, batch: MetaBatch, k: int, first_order: bool = False):
@@ -149,3 +150,33 @@ def test_returns_by_task_parameter_bins_hand_computed() -> None:
                                                                       "| 1.00 to 1.00 | 2 | 2.00 |"]
     goals_2d = {"tasks": [{"x": 0.0, "y": 1.0}] * 4, "per_task": [[0.0] * 4]}
     assert returns_by_task_parameter(goals_2d) is None
+
+
+def test_lvc_inner_loss_same_gradient_hessian_adds_score_outer_products(tiny_policy: GaussianMLPPolicy) -> None:
+    """ProMP's LVC form: the log form's gradient; Hessian + (-mean_t A_t g_t g_t^T), g_t = grad log pi_t (per task)."""
+    n = 2
+    episodes = random_episodes(n, 3, 4, seed=11)
+    stacked = {k: v.detach().clone().requires_grad_() for k, v in stack_params(tiny_policy.params(), n).items()}
+    inputs = list(stacked.values())
+    v = [torch.randn(p.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64) for p in inputs]
+
+    def grad_and_hvp(estimator: str) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.autograd.grad(reinforce_loss(tiny_policy, stacked, episodes, estimator), inputs, create_graph=True)
+        hv = torch.autograd.grad(g, inputs, grad_outputs=v)
+        return flatten(dict(zip(stacked, g))).detach(), flatten(dict(zip(stacked, hv)))
+
+    g_log, hv_log = grad_and_hvp("log")
+    g_lvc, hv_lvc = grad_and_hvp("lvc")
+    torch.testing.assert_close(g_lvc, g_log, rtol=1e-12, atol=1e-12)
+    # Independent computation of the extra term, one sample at a time.
+    logp, _, _ = log_probs(tiny_policy, stacked, episodes)  # [n, T*B]
+    adv = episodes.advantages.permute(1, 0, 2).reshape(n, -1)
+    mask = episodes.mask.permute(1, 0, 2).reshape(n, -1)
+    v_flat = flatten(dict(zip(stacked, v)))
+    extra = torch.zeros_like(v_flat)
+    for i in range(n):
+        for m in torch.nonzero(mask[i]).flatten().tolist():
+            score = flatten(dict(zip(stacked, torch.autograd.grad(logp[i, m], inputs, retain_graph=True))))
+            extra -= adv[i, m] * score * (score @ v_flat) / mask[i].sum()
+    assert extra.abs().max() > 1e-3  # the term is not negligible here
+    torch.testing.assert_close(hv_lvc - hv_log, extra, rtol=1e-10, atol=1e-10)

@@ -25,24 +25,27 @@ def test_conjugate_gradient_matches_direct_solve() -> None:
     assert (x3 - x).norm() > 1e-3
 
 
-@pytest.mark.parametrize(("k", "first_order"), [(1, False), (2, False), (1, True)])
-def test_kl_curvature_matches_explicit_hessian(tiny_policy, k: int, first_order: bool) -> None:
+@pytest.mark.parametrize(("k", "first_order", "estimator"),
+                         [(1, False, "log"), (2, False, "log"), (1, True, "log"), (1, False, "lvc"), (2, False, "lvc")])
+def test_kl_curvature_matches_explicit_hessian(tiny_policy, k: int, first_order: bool, estimator: str) -> None:
     """The factored J^T F J product equals the Hessian of the KL through the inner loop (finite graph, float64)."""
     batch = MetaBatch([{}] * 2, [random_episodes(2, 3, 4, 1 + j) for j in range(k)], random_episodes(2, 3, 4, 9))
     params = tiny_policy.params()
     old = old_policy(tiny_policy, adapt_on_batch(tiny_policy, params, batch, settings(k), True), batch.valid)
 
     def kl_of_flat(flat: torch.Tensor) -> torch.Tensor:
-        adapted = adapt_on_batch(tiny_policy, unflatten(flat, params), batch, settings(k, first_order), first_order)
+        adapted = adapt_on_batch(tiny_policy, unflatten(flat, params), batch, settings(k, first_order, estimator), first_order)
         return mean_kl(tiny_policy, adapted, batch.valid, old)
 
     flat = flatten(params).detach()
     hessian = torch.autograd.functional.hessian(kl_of_flat, flat)
-    hvp = kl_curvature(tiny_policy, params, batch, settings(k, first_order))
+    hvp = kl_curvature(tiny_policy, params, batch, settings(k, first_order, estimator))
     for seed in range(3):
         v = torch.randn(flat.numel(), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
         torch.testing.assert_close(hvp(v), hessian @ v, rtol=1e-7, atol=1e-10)
     assert (hessian @ v).abs().max() > 1e-4
+    if estimator == "lvc":  # the inner Jacobian, and so the curvature, differs from the log form's
+        assert (hvp(v) - kl_curvature(tiny_policy, params, batch, settings(k, first_order))(v)).abs().max() > 1e-2
 
 
 def test_kl_curvature_subsample_thins_only_the_fisher(tiny_policy) -> None:
