@@ -72,8 +72,7 @@ def evaluate_adaptation(
         mean, ci = mean_ci95(returns)
         steps.append({"step": k, "mean_return": mean, "ci95": ci})
     return {"steps": steps, "per_task": [r.tolist() for r in per_task], "tasks": [dict(t) for t in tasks],
-            "num_tasks": num_tasks,
-            "episodes_per_step": episodes, "inner_lr": lr, "seed": seed}
+            "num_tasks": num_tasks, "episodes_per_step": episodes, "inner_lr": lr, "seed": seed}
 
 
 def markdown_table(results: dict[str, dict[str, Any]], key: str = "mean_return", digits: int = 2) -> str:

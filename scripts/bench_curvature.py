@@ -31,8 +31,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from metarl.checkpoint import load_checkpoint, policy_from_checkpoint  # noqa: E402
-from metarl.maml import AdaptationSettings, MetaBatch, OldPolicy, adapt_on_batch, old_policy, sample_meta_batch  # noqa: E402
-from metarl.policy import GaussianMLPPolicy  # noqa: E402
+from metarl.maml import (  # noqa: E402
+    AdaptationSettings,
+    MetaBatch,
+    OldPolicy,
+    adapt_on_batch,
+    sample_meta_batch,
+    surrogate_and_old_policy,
+)
+from metarl.policy import GaussianMLPPolicy, detach_params  # noqa: E402
 from metarl.reporting import env_slug, write_results  # noqa: E402
 from metarl.sampler import make_task_env  # noqa: E402
 from metarl.trainer import adaptation_settings, iteration_rngs, make_sampler, torch_dtype, trpo_settings  # noqa: E402
@@ -50,8 +57,9 @@ def parse_subsamples(text: str) -> list[float]:
 def snapshot(policy: GaussianMLPPolicy, batch: MetaBatch, adaptation: AdaptationSettings) -> tuple[OldPolicy, float]:
     """The adapted policies' snapshot on ``batch`` at the policy's parameters, and the surrogate loss there."""
     adapted = adapt_on_batch(policy, policy.params(), batch, adaptation, first_order=True)
-    old = old_policy(policy, adapted, batch.valid)
-    return old, evaluate_outer(policy, batch, adaptation, old)[0]
+    with torch.no_grad():
+        loss, old = surrogate_and_old_policy(policy, detach_params(adapted), batch.valid)
+    return old, loss.item()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,6 @@ the same command; ``--skip-training`` only evaluates it.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from metarl.checkpoint import load_checkpoint, policy_from_checkpoint  # noqa: E402
 from metarl.config import Config, load_config  # noqa: E402
 from metarl.evaluation import PAPER_REFERENCE, evaluate_adaptation, markdown_table, returns_by_task_parameter  # noqa: E402
-from metarl.reporting import env_slug, timing_summary, write_results  # noqa: E402
+from metarl.reporting import env_slug, read_metrics, timing_summary, write_results  # noqa: E402
 from metarl.trainer import build_policy, train  # noqa: E402
 
 TARGET_STEP1: dict[str, float] = {"metarl/Navigation2D-v0": -11.7, "metarl/HalfCheetahVel-v0": -78.0}
@@ -86,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         wall = time.perf_counter() - start
     payload = load_checkpoint(run_dir)
     maml = policy_from_checkpoint(payload)
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(run_dir)
     timing = timing_summary(rows)
     random_init = build_policy(config, maml.obs_dim, maml.act_dim)
     policies = {"MAML (metarl)": maml, "random init": random_init}
