@@ -6,6 +6,7 @@ naming the key, the bad value and what is allowed (:class:`ConfigError`).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -219,17 +220,23 @@ def to_dict(config: Config) -> dict[str, Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``section.key=value`` strings (values parsed as YAML) to a nested config dict."""
-    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    """Apply ``section.key=value`` strings (values parsed as YAML) to a nested config dict.
+
+    A longer path reaches into a mapping-valued key, e.g. ``env.kwargs.frame_skip=1``.
+    """
+    data = copy.deepcopy(data)
     for item in overrides:
         if "=" not in item or "." not in item.split("=", 1)[0]:
             raise ConfigError(f"override {item!r}: expected section.key=value, e.g. maml.inner_lr=0.05")
         path, raw = item.split("=", 1)
-        section, key = path.split(".", 1)
-        data.setdefault(section, {})
-        if not isinstance(data[section], dict):
-            raise ConfigError(f"config key '{section}': expected a mapping of keys")
-        data[section][key] = yaml.safe_load(raw)
+        *parents, key = path.split(".")
+        node = data
+        for depth, name in enumerate(parents):
+            node = node.setdefault(name, {})
+            if not isinstance(node, dict):
+                where = ".".join(parents[: depth + 1])
+                raise ConfigError(f"config key '{where}': expected a mapping of keys, got {node!r}")
+        node[key] = yaml.safe_load(raw)
     return data
 
 

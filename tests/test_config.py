@@ -8,7 +8,8 @@ import pytest
 
 from metarl.config import ConfigError, Config, describe, load_config
 
-CONFIGS = sorted(Path(__file__).resolve().parents[1].glob("configs/*.yaml"))
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted(ROOT.glob("configs/*.yaml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
@@ -40,6 +41,18 @@ def test_overrides_are_parsed_as_yaml() -> None:
     cfg = load_config(None, ["policy.hidden_sizes=[32, 16]", "maml.first_order=true", "maml.inner_lr=1"])
     assert cfg.policy.hidden_sizes == [32, 16] and cfg.maml.first_order is True
     assert isinstance(cfg.maml.inner_lr, float)
+
+
+def test_overrides_reach_into_mapping_keys() -> None:
+    cfg = load_config(ROOT / "configs/halfcheetah_vel.yaml", ["env.kwargs.frame_skip=3"])
+    assert cfg.env.kwargs["frame_skip"] == 3
+    assert cfg.env.kwargs["clip_actions"] is True  # the file's other kwargs are kept
+    cfg = load_config(None, ["env.vector_kwargs.num_threads=1"])
+    assert cfg.env.vector_kwargs == {"num_threads": 1}
+    with pytest.raises(ConfigError, match="config key 'maml.inner_lr': expected a mapping of keys, got 0.1"):
+        load_config(ROOT / "configs/halfcheetah_vel.yaml", ["maml.inner_lr.x=1"])
+    with pytest.raises(ConfigError, match="config key 'maml.inner_lr': bad value"):
+        load_config(None, ["maml.inner_lr.x=1"])
 
 
 def test_missing_file_and_describe() -> None:

@@ -279,6 +279,16 @@ def test_single_vs_batched_with_clip_actions(env_id: str) -> None:
     _compare_rollouts(env_id, num_steps=30, action_scale=np.full((NUM_ENVS, 1), 1.5), clip_actions=True)
 
 
+@pytest.mark.parametrize("config", ["configs/halfcheetah_vel.yaml", "configs/ant_vel.yaml"])
+def test_single_vs_batched_with_shipped_env_kwargs(config: str) -> None:
+    """The configs' own env settings (the paper's control step via ``frame_skip``, clipping, reward weights)."""
+    env = load_config(Path(__file__).resolve().parents[1] / config).env
+    assert "frame_skip" in env.kwargs
+    batched = make_batched(env.id, num_envs=1, **env.kwargs).unwrapped
+    assert batched._physics.frame_skip == env.kwargs["frame_skip"] == make_single(env.id, **env.kwargs).frame_skip
+    _compare_rollouts(env.id, num_steps=40, action_scale=np.full((NUM_ENVS, 1), 1.5), **env.kwargs)
+
+
 # bang-bang actions make the first three ants jump out of the healthy z range; the rest stay alive
 ANT_ACTION_SCALE = np.array([[1.5], [1.5], [1.5], [0.3], [0.3], [0.3]])
 
