@@ -27,6 +27,7 @@ best of the interleaved repeats is reported) and compare the ratios, which are m
 Example::
 
     .venv/bin/python scripts/bench_physics.py --env metarl/HalfCheetahVel-v0
+    .venv/bin/python scripts/bench_physics.py --config configs/halfcheetah_vel.yaml  # the config's env settings
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from mujoco import rollout
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import envs  # noqa: E402,F401  (registers the metarl/ envs)
+from metarl.config import ConfigError, load_config  # noqa: E402
 from metarl.policy import GaussianMLPPolicy  # noqa: E402
 from metarl.reporting import machine_description  # noqa: E402
 from metarl.sampler import Sampler  # noqa: E402
@@ -60,6 +62,10 @@ SAMPLER_BATCHED = "(e) metarl Sampler on the batched env, policy forward include
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--env", default="metarl/HalfCheetahVel-v0", help="registered env id")
+    parser.add_argument(
+        "--config", type=Path, default=None,
+        help="take the env id and env kwargs from this training config (--env-kwargs items override them)",
+    )
     parser.add_argument("--tasks", type=int, default=40, help="tasks of the meta-batch")
     parser.add_argument("--episodes-per-task", type=int, default=20, help="episodes per task")
     parser.add_argument("--steps", type=int, default=200, help="env steps per episode")
@@ -78,7 +84,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     try:
         args.env_kwargs = parse_env_kwargs(args.env_kwargs)
-    except ValueError as error:
+        if args.config is not None:
+            env = load_config(args.config).env
+            args.env, args.env_kwargs = env.id, {**env.kwargs, **args.env_kwargs}
+    except (ValueError, ConfigError) as error:
         parser.error(str(error))
     for name in ("tasks", "episodes_per_task", "steps", "threads", "repeats"):
         if getattr(args, name) < 1:
@@ -141,25 +150,41 @@ def time_batched(
     return elapsed, simulated
 
 
-def time_rollout_ceiling(env_id: str, actions: np.ndarray, seed: int, threads: int) -> tuple[float, int]:
-    """(c) Seconds for one ``mujoco.rollout`` call over the whole horizon, and env steps simulated."""
-    steps, num_envs, _ = actions.shape
-    env = gymnasium.make(env_id).unwrapped
+def ceiling_inputs(
+    env_id: str, actions: np.ndarray, seed: int, env_kwargs: dict[str, Any]
+) -> tuple[mujoco.MjModel, np.ndarray, np.ndarray]:
+    """The model, initial states and per-physics-step controls of the physics-only ceiling (c).
+
+    The model and ``frame_skip`` come from the env built with ``env_kwargs``, so an env step
+    means the same number of physics steps as in (a) and (b): every action is held for
+    ``frame_skip`` physics steps.
+    """
+    num_envs = actions.shape[1]
+    env = gymnasium.make(env_id, **env_kwargs).unwrapped
     model, frame_skip = env.model, env.frame_skip
     spec = mujoco.mjtState.mjSTATE_FULLPHYSICS
     initial = np.empty((num_envs, mujoco.mj_stateSize(model, spec)))
     for i in range(num_envs):
         env.reset(seed=seed + i)
         mujoco.mj_getState(model, env.data, initial[i], spec)
+    env.close()
     control = np.repeat(actions.transpose(1, 0, 2).astype(np.float64), frame_skip, axis=1)
-    state = np.empty((num_envs, steps * frame_skip, initial.shape[1]))
-    sensordata = np.empty((num_envs, steps * frame_skip, model.nsensordata))
+    return model, initial, control
+
+
+def time_rollout_ceiling(
+    env_id: str, actions: np.ndarray, seed: int, threads: int, env_kwargs: dict[str, Any]
+) -> tuple[float, int]:
+    """(c) Seconds for one ``mujoco.rollout`` call over the whole horizon, and env steps simulated."""
+    steps, num_envs, _ = actions.shape
+    model, initial, control = ceiling_inputs(env_id, actions, seed, env_kwargs)
+    state = np.empty((num_envs, control.shape[1], initial.shape[1]))
+    sensordata = np.empty((num_envs, control.shape[1], model.nsensordata))
     datas = [mujoco.MjData(model) for _ in range(threads)]
     with rollout.Rollout(nthread=threads if threads > 1 else 0) as pool:
         start = time.perf_counter()
         pool.rollout(model, datas, initial, control, state=state, sensordata=sensordata)
         elapsed = time.perf_counter() - start
-    env.close()
     return elapsed, steps * num_envs
 
 
@@ -228,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
     measures = {
         SYNC: lambda: time_sync(args.env, actions, args.seed, args.env_kwargs),
         "(b) metarl batched env": lambda: time_batched(args.env, actions, args.seed, args.threads, args.env_kwargs),
-        CEILING: lambda: time_rollout_ceiling(args.env, actions, args.seed, args.threads),
+        CEILING: lambda: time_rollout_ceiling(args.env, actions, args.seed, args.threads, args.env_kwargs),
     }
     for label, mode in ((SAMPLER_SYNC, "sync"), (SAMPLER_BATCHED, "native")):
         measures[label] = lambda mode=mode: time_sampler(

@@ -6,10 +6,12 @@ import json
 import math
 from pathlib import Path
 
+import gymnasium
+import numpy as np
 import pytest
 
 from metarl.reporting import paired_difference
-from scripts import bench_curvature, bench_learning, compare_runs
+from scripts import bench_curvature, bench_learning, bench_physics, compare_runs
 
 
 def test_bench_learning_tiny(tmp_path: Path) -> None:
@@ -67,3 +69,23 @@ def test_paired_difference_hand_computed_and_compare_runs(tmp_path: Path) -> Non
     data = json.loads((tmp_path / "r" / "ab.json").read_text())
     assert data["differences"]["ret"]["mean"] == pytest.approx(5 / 3) and data["seconds_a"] == 2.0
     assert compare_runs.main([str(tmp_path / "a"), str(tmp_path / "missing")]) == 2
+
+
+def test_bench_physics_tiny_follows_config_frame_skip(tmp_path: Path) -> None:
+    """The config's env kwargs reach every method, the physics-only ceiling's frame_skip included."""
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "physics.md"
+    bench_physics.main(["--config", str(root / "configs/halfcheetah_vel.yaml"), "--tasks", "2", "--episodes-per-task", "2",
+                        "--steps", "5", "--threads", "1", "--out", str(out)])
+    table = out.read_text()
+    assert "metarl/HalfCheetahVel-v0" in table and "'frame_skip': 1" in table
+    for label in (bench_physics.SYNC, bench_physics.CEILING, bench_physics.SAMPLER_BATCHED):
+        assert f"| {label} |" in table
+    # the ceiling holds each action for the configured env's frame_skip physics steps
+    actions = bench_physics.random_actions(gymnasium.make("metarl/HalfCheetahVel-v0").action_space, 3, 2, 0)
+    for frame_skip in (1, 5):
+        _, _, control = bench_physics.ceiling_inputs("metarl/HalfCheetahVel-v0", actions, 0, {"frame_skip": frame_skip})
+        assert control.shape == (2, 3 * frame_skip, actions.shape[2])
+        np.testing.assert_array_equal(control[:, ::frame_skip], actions.transpose(1, 0, 2))
+    with pytest.raises(SystemExit):
+        bench_physics.parse_args(["--config", str(tmp_path / "missing.yaml")])
