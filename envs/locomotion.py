@@ -30,7 +30,7 @@ for ``frame_skip`` physics steps (v5 default 5, so dt = 0.05 s). The MAML paper'
 applied one action per physics step: the cheetah at dt = 0.01 s and the ant at 0.02 s, so
 H = 200 was 2 s and 4 s of simulated time, not 10 s. ``frame_skip=1`` (cheetah) and
 ``frame_skip=2`` (ant) reproduce the paper's control rate on the v5 models. The shipped
-cheetah configs use ``frame_skip=1``; the ant configs keep v5's 5 (the measured setting).
+configs set them.
 
 Identical transitions in both forms: the vector envs draw each episode's reset noise with
 ``gymnasium.utils.seeding.np_random(seed_i)`` exactly as ``reset(seed=seed_i)`` does, and
