@@ -48,7 +48,7 @@ from mujoco import rollout
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import envs  # noqa: E402,F401  (registers the metarl/ envs)
-from metarl.config import ConfigError, load_config  # noqa: E402
+from metarl.config import load_config  # noqa: E402
 from metarl.policy import GaussianMLPPolicy  # noqa: E402
 from metarl.reporting import machine_description  # noqa: E402
 from metarl.sampler import Sampler  # noqa: E402
@@ -87,7 +87,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if args.config is not None:
             env = load_config(args.config).env
             args.env, args.env_kwargs = env.id, {**env.kwargs, **args.env_kwargs}
-    except (ValueError, ConfigError) as error:
+    except ValueError as error:  # ConfigError is a ValueError
         parser.error(str(error))
     for name in ("tasks", "episodes_per_task", "steps", "threads", "repeats"):
         if getattr(args, name) < 1:
