@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import gymnasium
 
-from envs.base import Task, TaskEnv, TaskVectorEnv, check_task_env
+from metarl.envs.base import Task, TaskEnv, TaskVectorEnv, check_task_env
 
 
 def _register(env_id: str, entry_point: str, vector_entry_point: str, max_episode_steps: int) -> None:
@@ -20,12 +20,12 @@ def _register(env_id: str, entry_point: str, vector_entry_point: str, max_episod
         )
 
 
-_register("metarl/Navigation2D-v0", "envs.navigation:Navigation2DEnv", "envs.navigation:Navigation2DVectorEnv", 100)
+_register("metarl/Navigation2D-v0", "metarl.envs.navigation:Navigation2DEnv", "metarl.envs.navigation:Navigation2DVectorEnv", 100)
 
 __all__ = ["Task", "TaskEnv", "TaskVectorEnv", "check_task_env"]
 
-_register("metarl/HalfCheetahVel-v0", "envs.locomotion:HalfCheetahVelEnv", "envs.locomotion:HalfCheetahVelVectorEnv", 200)
-_register("metarl/HalfCheetahDir-v0", "envs.locomotion:HalfCheetahDirEnv", "envs.locomotion:HalfCheetahDirVectorEnv", 200)
-_register("metarl/AntVel-v0", "envs.locomotion:AntVelEnv", "envs.locomotion:AntVelVectorEnv", 200)
-_register("metarl/AntDir-v0", "envs.locomotion:AntDirEnv", "envs.locomotion:AntDirVectorEnv", 200)
-_register("metarl/Sinusoid-v0", "envs.sinusoid:SinusoidEnv", "envs.sinusoid:SinusoidVectorEnv", 1)
+_register("metarl/HalfCheetahVel-v0", "metarl.envs.locomotion:HalfCheetahVelEnv", "metarl.envs.locomotion:HalfCheetahVelVectorEnv", 200)
+_register("metarl/HalfCheetahDir-v0", "metarl.envs.locomotion:HalfCheetahDirEnv", "metarl.envs.locomotion:HalfCheetahDirVectorEnv", 200)
+_register("metarl/AntVel-v0", "metarl.envs.locomotion:AntVelEnv", "metarl.envs.locomotion:AntVelVectorEnv", 200)
+_register("metarl/AntDir-v0", "metarl.envs.locomotion:AntDirEnv", "metarl.envs.locomotion:AntDirVectorEnv", 200)
+_register("metarl/Sinusoid-v0", "metarl.envs.sinusoid:SinusoidEnv", "metarl.envs.sinusoid:SinusoidVectorEnv", 1)

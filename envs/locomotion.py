@@ -2,7 +2,7 @@
 
 Four task envs on gymnasium's v5 models, each in a single form (a subclass of the v5 env,
 whose ``step`` is reused and whose forward-reward term is replaced by the task's) and a
-natively vectorised form (:class:`~envs.base.TaskVectorEnv`):
+natively vectorised form (:class:`~metarl.envs.base.TaskVectorEnv`):
 
 =========================  ====================  ================================================
 env                        task                  forward term (``info["reward_forward"]``)
@@ -34,7 +34,7 @@ configs set them.
 
 Identical transitions in both forms: the vector envs draw each episode's reset noise with
 ``gymnasium.utils.seeding.np_random(seed_i)`` exactly as ``reset(seed=seed_i)`` does, and
-step the same physics (see :mod:`envs.mujoco_batch` for how, and why the Ant's contact forces
+step the same physics (see :mod:`metarl.envs.mujoco_batch` for how, and why the Ant's contact forces
 need one ``MjData`` per episode).
 """
 
@@ -50,8 +50,8 @@ from gymnasium.envs.mujoco.ant_v5 import AntEnv
 from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
 from gymnasium.utils import seeding
 
-from envs.base import Task, TaskVectorEnv, episode_seeds
-from envs.mujoco_batch import BatchPhysics, PerEnvPhysics, resolve_num_threads
+from metarl.envs.base import Task, TaskVectorEnv, episode_seeds
+from metarl.envs.mujoco_batch import BatchPhysics, PerEnvPhysics, resolve_num_threads
 
 # --------------------------------------------------------------------------- task families
 
@@ -493,7 +493,7 @@ class _LocomotionVectorEnv(TaskVectorEnv):
 
 
 class _HalfCheetahTaskVectorEnv(_LocomotionVectorEnv):
-    """Vectorised HalfCheetah task env on :class:`~envs.mujoco_batch.BatchPhysics`."""
+    """Vectorised HalfCheetah task env on :class:`~metarl.envs.mujoco_batch.BatchPhysics`."""
 
     def _tracked_position(self) -> np.ndarray:
         return self._physics.qpos[:, :1].copy()  # the root's x slide joint, as HalfCheetah-v5
@@ -521,8 +521,8 @@ class _AntTaskVectorEnv(_LocomotionVectorEnv):
     """Vectorised Ant task env.
 
     With contact forces in the observation or the reward (the v5 default) it steps one
-    ``MjData`` per episode (:class:`~envs.mujoco_batch.PerEnvPhysics`), otherwise a
-    :class:`~envs.mujoco_batch.BatchPhysics`.
+    ``MjData`` per episode (:class:`~metarl.envs.mujoco_batch.PerEnvPhysics`), otherwise a
+    :class:`~metarl.envs.mujoco_batch.BatchPhysics`.
     """
 
     def _needs_contact_forces(self) -> bool:

@@ -21,7 +21,7 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 
-from envs.base import Task, TaskVectorEnv
+from metarl.envs.base import Task, TaskVectorEnv
 
 
 class Navigation2DEnv(gymnasium.Env):

@@ -26,7 +26,7 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.utils import seeding
 
-from envs.base import Task, TaskVectorEnv, episode_seeds
+from metarl.envs.base import Task, TaskVectorEnv, episode_seeds
 
 
 def task_arrays(tasks: Sequence[Task]) -> tuple[np.ndarray, np.ndarray]:

@@ -46,13 +46,15 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from envs.base import Task, check_task_env
+from metarl.envs.base import Task, check_task_env
 from metarl.config import Config, PolicyConfig
-from metarl.evaluation import PAPER_REFERENCE, evaluate_adaptation
+from metarl.evaluation import markdown_table
+from metarl.evaluation import evaluate_adaptation
+from metarl.paper import rl_reference
 from metarl.maml import inner_step_sizes
 from metarl.policy import GaussianMLPPolicy
-from metarl.render import load_policy
-from metarl.trainer import build_policy, torch_dtype
+from metarl.checkpoint import load_checkpoint
+from metarl.build import build_policy, horizon, torch_dtype
 
 Role = Literal["pretrained", "oracle"]
 METHODS = ("maml", "pretrained", "random", "oracle")
@@ -268,7 +270,7 @@ def cache_key(config: Config, role: Role, settings: SB3Settings) -> dict[str, An
     """Everything the trained SB3 model depends on."""
     import stable_baselines3
 
-    return {"role": role, "env_id": config.env.id, "env_kwargs": config.env.kwargs, "horizon": config.env.horizon,
+    return {"role": role, "env_id": config.env.id, "env_kwargs": config.env.kwargs, "horizon": horizon(config.env),
             "policy": asdict(config.policy), "gamma": config.maml.gamma, "sb3": asdict(settings),
             "rollout_steps": settings.rollout_steps(), "minibatch_size": settings.minibatch_size(),
             "sb3_version": stable_baselines3.__version__}
@@ -325,7 +327,7 @@ def train_sb3(config: Config, role: Role, settings: SB3Settings, progress: bool 
 
     env_id = role_env_id(config, role)
     sequences = np.random.SeedSequence([settings.seed, METHODS.index(role)]).spawn(settings.n_envs)
-    fns = [partial(make_resampling_env, env_id, config.env.horizon, dict(config.env.kwargs), np.random.default_rng(s))
+    fns = [partial(make_resampling_env, env_id, horizon(config.env), dict(config.env.kwargs), np.random.default_rng(s))
            for s in sequences]
     venv = DummyVecEnv(fns)
     n_steps = settings.rollout_steps()
@@ -436,7 +438,8 @@ def run_benchmark(
     JSON-serialisable dict with ``methods`` (display name -> evaluation result), the protocol,
     the SB3 settings and the paper's reference numbers where known.
     """
-    policy, config, file = load_policy(checkpoint)
+    loaded = load_checkpoint(checkpoint)
+    policy, config, file = loaded.policy, loaded.config, loaded.path
     if config.maml.loss != "pg":
         raise ValueError(f"the benchmark compares RL policies; {file} was trained with maml.loss={config.maml.loss!r}")
     methods = tuple(methods) if methods is not None else default_methods(config.env.id)
@@ -482,10 +485,10 @@ def run_benchmark(
     finally:
         torch.set_num_threads(threads)
     lr = config.maml.inner_lr
-    reference = PAPER_REFERENCE.get((config.env.id, config.env.horizon), {})
+    reference = rl_reference(config.env.id, horizon(config.env))
     return {
         "env_id": config.env.id,
-        "horizon": config.env.horizon,
+        "horizon": horizon(config.env),
         "checkpoint": str(file),
         "protocol": {"num_tasks": protocol.num_tasks, "num_steps": protocol.num_steps, "episodes_per_step": episodes,
                      "seed": seed, "inner_lr": lr,
@@ -505,3 +508,47 @@ def flat_result(result: dict[str, Any], num_steps: int) -> dict[str, Any]:
     first = result["steps"][0]
     return {**result, "steps": [{**first, "step": k} for k in range(num_steps + 1)],
             "per_task": result["per_task"][:1]}
+
+
+def report_markdown(data: dict[str, Any], figure: str, command: str) -> str:
+    """The markdown report: protocol, table, paper reference, baseline details, command."""
+    p, sb3 = data["protocol"], data["sb3"]
+    settings = sb3["settings"]
+    steps = ", ".join(f"{lr:g}" for lr in p["step_sizes"]) or "none"
+    lines = [
+        f"# MAML vs baselines on {data['env_id']} (horizon {data['horizon']})",
+        "",
+        f"Mean return ± 95% CI over {p['num_tasks']} fresh tasks (seed {p['seed']}), {p['episodes_per_step']} "
+        f"trajectories per task and step, actions {p['actions']}. Every method is adapted with metarl's inner "
+        f"loop (REINFORCE + linear baseline) with step sizes {steps}. Policy: {data['policy']['hidden_sizes']} "
+        f"{data['policy']['activation']}. Evaluation and SB3 training ran on one torch thread.",
+        "",
+        markdown_table(data["methods"]),
+        "",
+    ]
+    if data["paper_reference"]:
+        lines += ["Paper (Finn et al. 2017, read off the figure, ±10%): "
+                  + "; ".join(f"{k}: {' / '.join(f'{v:g}' for v in values)}"
+                              for k, values in data["paper_reference"].items()) + ".", ""]
+    details = {
+        "MAML": f"checkpoint `{data['checkpoint']}`.",
+        "pretrained": (f"SB3 {settings['algo'].upper()} on the whole task distribution (new task every episode), "
+                       f"{settings['total_timesteps']} timesteps, {settings['n_envs']} envs x "
+                       f"{sb3['rollout_steps_per_env']} steps per rollout, lr {settings['learning_rate']:g}, "
+                       f"gae_lambda {settings['gae_lambda']:g}, seed {settings['seed']}; actor weights loaded into "
+                       f"metarl's policy, then adapted like MAML."),
+        "random": "the same architecture from a random initialisation (`build_policy`, the config's seed).",
+        "oracle": (f"SB3 {settings['algo'].upper()} policy that sees the task (appended to the observation), "
+                   f"same budget; evaluated without adaptation (flat line)."),
+    }
+    for name in data["methods"]:
+        key = name.lower() if name != "MAML" else "maml"
+        text = details.get(name, "")
+        if key in sb3:
+            info = sb3[key]
+            how = "loaded from cache" if info["cached"] else "trained"
+            text += (f" Model `{Path(info['path']).name}` ({how}; training took {info['train_seconds']:.0f} s); "
+                     f"learned std {', '.join(f'{math.exp(v):.3f}' for v in info['log_std'])}.")
+        lines.append(f"- **{name}**: {text}")
+    lines += ["", f"Figure: `{figure}`.", "", f"Command: `{command}`"]
+    return "\n".join(lines)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,8 +18,9 @@ from typing import Any, Literal
 import yaml
 
 
-class ConfigError(ValueError):
-    """A config key is unknown or its value is not allowed."""
+from metarl.errors import ConfigError
+
+__all__ = ["Config", "ConfigError", "describe", "from_dict", "load_config", "to_dict"]
 
 
 def _f(default: Any, help: str, **check: float) -> Any:
@@ -36,7 +38,10 @@ class EnvConfig:
     """Which task distribution to meta-train on."""
 
     id: str = _f("metarl/Navigation2D-v0", "registered gymnasium id of an env implementing the task protocol")
-    horizon: int = _f(100, "episode length T (steps); episodes that terminate earlier are masked", gt=0)
+    horizon: int | None = _f(
+        None, "episode length T (steps; default: the env's registered max_episode_steps); "
+        "episodes that terminate earlier are masked", gt=0
+    )
     kwargs: dict = _f({}, "keyword arguments for the env constructor")
     vector_kwargs: dict = _f({}, "keyword arguments for the natively vectorised form only (e.g. num_threads)")
     vectorization: Literal["auto", "native", "sync"] = _f(
@@ -90,6 +95,9 @@ class OuterConfig:
         "exact", "TRPO KL Hessian: exact through the inner loop, or the adapted policies' Fisher (inner Jacobian = I)"
     )
     lr: float = _f(1e-3, "Adam learning rate", gt=0)
+    max_param_norm: float = _f(
+        1e4, "reject a meta-update whose parameters' L2 norm exceeds this (an exploding step, treated like a NaN)", gt=0
+    )
 
 
 @dataclass
@@ -98,7 +106,8 @@ class TrainConfig:
 
     iterations: int = _f(100, "meta-iterations", gt=0)
     seed: int = _f(0, "seed of every random generator in the run", ge=0)
-    checkpoint_every: int = _f(25, "write a checkpoint every N iterations (and at the end)", gt=0)
+    checkpoint_every: int = _f(25, "write a checkpoint every N iterations (and after the first, and at the end)", gt=0)
+    checkpoint_minutes: float = _f(10.0, "also write one when this many minutes passed since the last", gt=0)
     num_threads: int = _f(0, "torch intra-op threads (0: leave torch's default)", ge=0)
     dtype: Literal["float32", "float64"] = _f("float32", "floating-point precision of the learner")
 
@@ -139,6 +148,9 @@ class Config:
 def _allowed(tp: Any, meta: dict[str, Any]) -> str:
     """Human description of what a field accepts."""
     origin = typing.get_origin(tp)
+    if origin is types.UnionType:
+        inner = [a for a in typing.get_args(tp) if a is not type(None)][0]
+        return f"{_allowed(inner, meta)}, or null"
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     name = getattr(tp, "__name__", str(tp))
@@ -155,6 +167,14 @@ def _coerce(key: str, value: Any, tp: Any, meta: dict[str, Any]) -> Any:
         return ConfigError(f"config key '{key}': bad value {value!r}; allowed: {_allowed(tp, meta)}")
 
     origin = typing.get_origin(tp)
+    if origin is types.UnionType:  # X | None
+        if value is None:
+            return None
+        inner = [a for a in typing.get_args(tp) if a is not type(None)][0]
+        try:
+            return _coerce(key, value, inner, meta)
+        except ConfigError:
+            raise bad() from None
     if origin is Literal:
         if value not in typing.get_args(tp):
             raise bad()
@@ -174,9 +194,9 @@ def _coerce(key: str, value: Any, tp: Any, meta: dict[str, Any]) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise bad()
     elif tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        value = _to_float(value)
+        if value is None or not math.isfinite(value):
             raise bad()
-        value = float(value)
     elif tp is dict:
         if not isinstance(value, dict):
             raise bad()
@@ -190,6 +210,23 @@ def _coerce(key: str, value: Any, tp: Any, meta: dict[str, Any]) -> Any:
         if k in meta and not ok:
             raise bad()
     return value
+
+
+def _to_float(value: Any) -> float | None:
+    """A number, or a string any YAML 1.2 / Python float literal spells (``1e-3``, ``1E5``, ``.5``); else None.
+
+    PyYAML follows YAML 1.1, which reads ``1e-3`` (no dot) as a string.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            return None
+    return None
 
 
 def from_dict(data: dict[str, Any] | None) -> Config:
@@ -236,7 +273,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if not isinstance(node, dict):
                 where = ".".join(parents[: depth + 1])
                 raise ConfigError(f"config key '{where}': expected a mapping of keys, got {node!r}")
-        node[key] = yaml.safe_load(raw)
+        try:
+            node[key] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML") from None
     return data
 
 
@@ -247,7 +287,17 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        data = yaml.safe_load(path.read_text()) or {}
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            where = getattr(exc, "problem_mark", None)
+            line = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
+            raise ConfigError(f"config file {path} is not valid YAML{line}: {getattr(exc, 'problem', exc)}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must be a mapping of sections (env:, maml:, ...), "
+                              f"got a {type(data).__name__}")
     return from_dict(apply_overrides(data, overrides or []))
 
 
@@ -265,4 +315,17 @@ def describe(config_type: type = Config) -> str:
     return "\n".join(lines)
 
 
-_ = types  # (kept for typing.get_type_hints on postponed annotations)
+
+def annotated_yaml(config: Config) -> str:
+    """The config as YAML, every key followed by a comment with its allowed values and meaning."""
+    lines: list[str] = []
+    for section in dataclasses.fields(config):
+        sub = getattr(config, section.name)
+        lines.append(f"{section.name}:  # {type(sub).__doc__}")
+        hints = typing.get_type_hints(type(sub))
+        for f in dataclasses.fields(sub):
+            meta = dict(f.metadata)
+            value = yaml.safe_dump(getattr(sub, f.name), default_flow_style=True, width=10_000).strip()
+            value = value.removesuffix("\n...").strip()
+            lines.append(f"  {f.name}: {value}  # {_allowed(hints[f.name], meta)}: {meta['help']}")
+    return "\n".join(lines)

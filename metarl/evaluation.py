@@ -8,21 +8,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from metarl.build import adaptation_settings, make_sampler, task_env
 from metarl.config import Config
 from metarl.maml import inner_step_sizes, sample_meta_batch
 from metarl.policy import GaussianMLPPolicy
-from metarl.sampler import make_task_env
-from metarl.trainer import adaptation_settings, make_sampler
-
-PAPER_REFERENCE: dict[tuple[str, int], dict[str, list[float]]] = {
-    ("metarl/Navigation2D-v0", 100): {"MAML (paper)": [-39, -11, -3.3, -3.1],
-                                      "pretrained (paper)": [-40, -20, -12, -8]},
-    ("metarl/HalfCheetahVel-v0", 200): {"MAML (paper)": [-129, -78, -67, -61],
-                                        "pretrained (paper)": [-158, -136, -128, -134]},
-    ("metarl/AntVel-v0", 200): {"MAML (paper)": [31, 96, 99, 100], "pretrained (paper)": [-2, 6, 9, 10]},
-}
-"""Average return after 0..3 steps read off the MAML paper's figures (±10%), by (env id, horizon)."""
-
 
 def mean_ci95(values: np.ndarray) -> tuple[float, float]:
     """Mean and 95% confidence half-width (normal approximation, 1.96 standard errors)."""
@@ -56,12 +45,11 @@ def evaluate_adaptation(
     lr = config.maml.inner_lr if inner_lr is None else inner_lr
     rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(seed)
-    task_env = make_task_env(config.env.id, config.env.horizon, config.env.kwargs)
-    tasks = task_env.unwrapped.sample_tasks(num_tasks, rng)
+    tasks = task_env(config).unwrapped.sample_tasks(num_tasks, rng)
     sampler = make_sampler(config, num_tasks, episodes)
     try:
         batch, _ = sample_meta_batch(
-            sampler, policy, policy.params(), tasks, adaptation_settings(config), rng, generator,
+            sampler, policy, policy.params(), tasks, adaptation_settings(config.maml), rng, generator,
             lrs=inner_step_sizes(lr, num_steps, decay_after_first=True),
         )
     finally:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from envs.base import Task
+from metarl.envs.base import Task
 from metarl.advantages import process
 from metarl.episodes import Episodes, masked_task_mean, task_major
 from metarl.policy import GaussianMLPPolicy, Params, detach_params, is_stacked, kl_divergence, log_prob, stack_params

@@ -33,14 +33,13 @@ import gymnasium
 import numpy as np
 import torch
 
-from envs.base import Task
-from metarl.checkpoint import load_checkpoint, policy_from_checkpoint, resolve_checkpoint
+from metarl.envs.base import Task
+from metarl.checkpoint import load_checkpoint
 from metarl.config import Config
 from metarl.maml import inner_step_sizes, sample_meta_batch
 from metarl.policy import GaussianMLPPolicy, Params, is_stacked, stack_params
 from metarl.reporting import env_slug
-from metarl.sampler import make_task_env
-from metarl.trainer import adaptation_settings, make_sampler, torch_dtype
+from metarl.build import adaptation_settings, horizon, make_sampler, task_env, torch_dtype
 
 RenderKind = Literal["video", "navigation", "sinusoid"]
 
@@ -60,24 +59,6 @@ def ensure_offscreen_gl() -> str:
     if backend in ("egl", "osmesa"):
         os.environ.setdefault("PYOPENGL_PLATFORM", backend)
     return backend
-
-
-def load_policy(path: str | Path) -> tuple[GaussianMLPPolicy, Config, Path]:
-    """The policy, config and resolved file of a metarl checkpoint (file, checkpoints dir or run dir).
-
-    Raises ``FileNotFoundError`` when there is no checkpoint at ``path`` and ``ValueError`` when
-    the file is not a readable metarl checkpoint.
-    """
-    file = resolve_checkpoint(path)
-    try:
-        payload = load_checkpoint(file)
-        policy = policy_from_checkpoint(payload)
-    except FileNotFoundError:
-        raise
-    except Exception as exc:  # torch.load / unpickling / missing keys: all mean "not a checkpoint"
-        raise ValueError(f"{file} is not a readable metarl checkpoint ({type(exc).__name__}: {exc})") from exc
-    config: Config = payload["config"]
-    return policy.to(torch_dtype(config.train.dtype)), config, file
 
 
 def parse_task(spec: str, template: Task) -> Task:
@@ -121,8 +102,8 @@ def render_kind(env: gymnasium.Env) -> RenderKind:
     """How an env's adapted policies are rendered; ``NotImplementedError`` naming the env otherwise."""
     from gymnasium.envs.mujoco import MujocoEnv
 
-    from envs.navigation import Navigation2DEnv
-    from envs.sinusoid import SinusoidEnv
+    from metarl.envs.navigation import Navigation2DEnv
+    from metarl.envs.sinusoid import SinusoidEnv
 
     inner = env.unwrapped
     if isinstance(inner, Navigation2DEnv):
@@ -189,7 +170,7 @@ def adapt_tasks(
     generator = torch.Generator().manual_seed(seed)
     sampler = make_sampler(config, len(tasks), episodes_per_task)
     try:
-        batch, used = sample_meta_batch(sampler, policy, policy.params(), list(tasks), adaptation_settings(config),
+        batch, used = sample_meta_batch(sampler, policy, policy.params(), list(tasks), adaptation_settings(config.maml),
                                         rng, generator, lrs=lrs)
     finally:
         sampler.close()
@@ -348,7 +329,7 @@ def render_video(
     ensure_offscreen_gl()
     task = trace.tasks[0]
     try:
-        env = gymnasium.make(config.env.id, max_episode_steps=config.env.horizon, render_mode="rgb_array",
+        env = gymnasium.make(config.env.id, max_episode_steps=horizon(config.env), render_mode="rgb_array",
                              width=width, height=height, camera_name="track", **config.env.kwargs)
     except TypeError as exc:
         raise ValueError(f"{config.env.id} cannot render rgb_array frames (does its constructor accept "
@@ -377,7 +358,7 @@ def render_video(
                     gif_frames.append(small.resize(size, Image.Resampling.BILINEAR))
                 count += 1
 
-            episode = rollout(policy, trace.task_params(step, 0), env, task, config.env.horizon, seed + step,
+            episode = rollout(policy, trace.task_params(step, 0), env, task, horizon(config.env), seed + step,
                               generator, grab)
             returns.append(episode.episode_return)
     finally:
@@ -407,7 +388,7 @@ def render_navigation(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    env = make_task_env(config.env.id, config.env.horizon, config.env.kwargs)
+    env = task_env(config)
     generator = torch.Generator().manual_seed(seed) if stochastic else None
     rows, cols = _subplot_grid(len(trace.tasks))
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 4.4 * rows), squeeze=False)
@@ -419,7 +400,7 @@ def render_navigation(
             ax = axes[i // cols][i % cols]
             task_returns = []
             for step in range(trace.num_steps + 1):
-                episode = rollout(policy, trace.task_params(step, i), env, task, config.env.horizon, seed + step,
+                episode = rollout(policy, trace.task_params(step, i), env, task, horizon(config.env), seed + step,
                                   generator)
                 task_returns.append(episode.episode_return)
                 xy = episode.observations[:, :2]
@@ -472,9 +453,9 @@ def render_sinusoid(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from envs.sinusoid import sinusoid, task_arrays
+    from metarl.envs.sinusoid import sinusoid, task_arrays
 
-    env = make_task_env(config.env.id, config.env.horizon, config.env.kwargs).unwrapped
+    env = task_env(config).unwrapped
     n = len(tasks)
     dtype = torch_dtype(config.train.dtype)
     xs = np.linspace(env.x_low, env.x_high, grid_size)
@@ -551,8 +532,9 @@ def render_checkpoint(
     """
     if num_steps < 0:
         raise ValueError(f"num_steps must be >= 0, got {num_steps}")
-    policy, config, file = load_policy(checkpoint)
-    env = make_task_env(config.env.id, config.env.horizon, config.env.kwargs)
+    loaded = load_checkpoint(checkpoint)
+    policy, config, file = loaded.policy, loaded.config, loaded.path
+    env = task_env(config)
     try:
         kind = render_kind(env)
         if task_spec is not None:

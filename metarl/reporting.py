@@ -6,10 +6,13 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 
@@ -34,14 +37,58 @@ def env_slug(env_id: str) -> str:
     return "".join(c for c in name.lower() if c.isalnum())
 
 
-def write_results(results_dir: Path, name: str, markdown: str, data: dict[str, Any]) -> tuple[Path, Path]:
-    """Write ``name.md`` (with the machine and date) and ``name.json`` under ``results_dir``."""
+def json_default(value: Any) -> Any:
+    """JSON for what ``json`` cannot write itself: numpy arrays and scalars, tensors, paths, sets."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().tolist()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    raise TypeError(f"cannot write a {type(value).__name__} to JSON")
+
+
+def to_json(data: Any) -> str:
+    """``data`` as indented JSON; numpy arrays and scalars in task values and results are converted."""
+    return json.dumps(data, indent=2, default=json_default)
+
+
+def write_json(path: Path, data: Any) -> Path:
+    """Write ``data`` as JSON to ``path`` atomically (creating its directory); return the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = to_json(data)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def git_commit() -> str:
+    """The current commit of the working tree metarl runs from (``unknown`` outside a git checkout)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
+
+
+def write_results(
+    results_dir: Path, name: str, markdown: str, data: dict[str, Any], command: str | None = None
+) -> tuple[Path, Path]:
+    """Write ``name.md`` and ``name.json`` under ``results_dir``, each recording the command, commit, date and machine."""
     results_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y-%m-%d %H:%M")
+    command = command or data.get("command") or " ".join(["python", *sys.argv])
+    commit, machine = git_commit(), machine_description()
     md = results_dir / f"{name}.md"
-    md.write_text(f"{markdown}\n\nMachine: {machine_description()}. Date: {stamp}.\n")
-    js = results_dir / f"{name}.json"
-    js.write_text(json.dumps({**data, "machine": machine_description(), "date": stamp}, indent=2))
+    md.write_text(f"{markdown}\n\nCommand: `{command}`. Commit: {commit}. Machine: {machine}. Date: {stamp}.\n")
+    js = write_json(results_dir / f"{name}.json",
+                    {**data, "command": command, "commit": commit, "machine": machine, "date": stamp})
     return md, js
 
 
@@ -71,10 +118,12 @@ def timing_summary(rows: list[dict[str, float]]) -> dict[str, float]:
 
 def read_metrics(run_dir: Path) -> list[dict[str, float]]:
     """The rows of a run directory's ``metrics.jsonl``, one per logged meta-iteration."""
+    from metarl.loop import read_metrics_rows
+
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"no metrics.jsonl in {run_dir}")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_metrics_rows(path)
 
 
 def paired_difference(

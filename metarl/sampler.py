@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
-import envs  # noqa: F401  (registers the metarl/ envs)
-from envs.base import Task, check_task_env
+import metarl.envs  # noqa: F401  (registers the metarl/ envs)
+from metarl.envs.base import Task, check_task_env
 from metarl.episodes import Episodes, stack_time
 from metarl.policy import GaussianMLPPolicy, Params, is_stacked
 

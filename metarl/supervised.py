@@ -21,28 +21,17 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
-import yaml
 from torch import Tensor
-from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from envs.base import Task
-from metarl.checkpoint import load_checkpoint, save_checkpoint
-from metarl.config import Config, to_dict
+from metarl.envs.base import Task
+from metarl.build import build_policy, io_dims, iteration_rngs, task_env, torch_dtype
+from metarl.config import Config
+from metarl.errors import ConfigError, TrainingDiverged
 from metarl.evaluation import mean_ci95
+from metarl.loop import Algorithm
 from metarl.maml import InnerLoss, adapt, inner_step_sizes
 from metarl.policy import GaussianMLPPolicy, Params, detach_params, stack_params
-from metarl.sampler import make_task_env
-from metarl.trainer import (
-    TrainingDiverged,
-    TrainResult,
-    build_policy,
-    describe_values,
-    drop_metrics_from,
-    iteration_rngs,
-    log_metrics,
-    torch_dtype,
-)
 
 
 @runtime_checkable
@@ -62,9 +51,9 @@ class RegressionTaskEnv(Protocol):
 
 def regression_env(config: Config) -> RegressionTaskEnv:
     """The config's task env, checked to support supervised MAML."""
-    env = make_task_env(config.env.id, config.env.horizon, config.env.kwargs).unwrapped
+    env = task_env(config).unwrapped
     if not isinstance(env, RegressionTaskEnv):
-        raise ValueError(
+        raise ConfigError(
             f"maml.loss=supervised needs an env with sample_tasks(n, rng) and sample_points(tasks, num_points, rng) "
             f"(e.g. metarl/Sinusoid-v0); env.id={config.env.id!r} ({type(env).__name__}) has no sample_points"
         )
@@ -178,97 +167,54 @@ def meta_step(
     return {"meta/mse_pre": pre.item(), "meta/mse_post": post.item(), "outer/grad_norm": grad_norm.item()}
 
 
-def train_supervised(config: Config, run_dir: Path, resume: bool = False, progress: bool = True) -> TrainResult:
-    """Meta-train a regressor with supervised MAML; logs and checkpoints under ``run_dir`` like
-    :func:`metarl.trainer.train`.
+class SupervisedMAML(Algorithm):
+    """Supervised MAML as an :class:`~metarl.loop.Algorithm`: one Adam step on the query MSE per iteration.
 
     Every iteration draws ``maml.meta_batch_size`` tasks, a ``supervised.shots`` support set
     and a ``supervised.query_size`` query set per task from generators derived from
     ``(train.seed, iteration)`` (so a resumed run continues the same curve), adapts with
     ``maml.num_inner_steps`` steps of size ``maml.inner_lr`` and takes one Adam step
     (``outer.lr``) on the query MSE. Scalars (``meta/mse_pre``, ``meta/mse_post``, ...) are
-    averaged over ``supervised.log_every`` iterations and written to TensorBoard and
-    ``metrics.jsonl``. A non-finite loss raises :class:`metarl.trainer.TrainingDiverged`.
+    averaged over ``supervised.log_every`` iterations.
     """
-    if config.maml.loss != "supervised":
-        raise ValueError(f"train_supervised() runs maml.loss=supervised, got maml.loss={config.maml.loss!r}; "
-                         "use metarl.trainer.train for policy gradient")
-    if config.outer.optimizer != "adam":
-        raise ValueError(f"supervised MAML uses outer.optimizer=adam, got {config.outer.optimizer!r}")
-    dtype, env, policy, optimizer = _setup(config)
-    ckpt_dir = run_dir / "checkpoints"
-    start = 0
-    if resume:
-        payload = load_checkpoint(ckpt_dir)
-        policy.load_state_dict(payload["policy"])
-        if payload["optimizer"] is None:
-            raise ValueError(f"checkpoint in {ckpt_dir} has no optimiser state; cannot resume supervised MAML")
-        optimizer.load_state_dict(payload["optimizer"])
-        start = payload["iteration"]
-        drop_metrics_from(run_dir, start)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
 
-    m, s = config.maml, config.supervised
-    lrs = inner_step_sizes(m.inner_lr, m.num_inner_steps)
-    writer = SummaryWriter(str(run_dir))
-    if start == 0:
-        writer.add_text("hyperparameters", describe_values(config))
-    checkpoint = ckpt_dir / "latest.pt"
-    window: dict[str, float] = {}
-    window_start, window_time = start, time.perf_counter()
-    bar = tqdm(range(start, config.train.iterations), initial=start, total=config.train.iterations,
-               desc="meta-train (supervised)", disable=not progress, dynamic_ncols=True)
-    try:
-        for it in bar:
-            rng, _ = iteration_rngs(config.train.seed, it)
-            tasks = env.sample_tasks(m.meta_batch_size, rng)
-            batch = sample_regression_batch(env, tasks, s.shots, s.query_size, rng, dtype)
-            try:
-                stats = meta_step(policy, optimizer, batch, lrs, m.first_order)
-            except FloatingPointError as exc:
-                raise TrainingDiverged(
-                    f"iteration {it}: {exc}; stopped, the last good checkpoint is {checkpoint}"
-                ) from exc
-            for key, value in stats.items():
-                window[key] = window.get(key, 0.0) + value
-            done = it + 1
-            if done % s.log_every == 0 or done == config.train.iterations:
-                count = done - window_start
-                now = time.perf_counter()
-                metrics = {key: total / count for key, total in window.items()}
-                metrics["perf/iterations_per_s"] = count / max(now - window_time, 1e-9)
-                log_metrics(writer, run_dir, it, metrics)
-                bar.set_postfix(pre=f"{metrics['meta/mse_pre']:.3f}", post=f"{metrics['meta/mse_post']:.3f}",
-                                its=f"{metrics['perf/iterations_per_s']:.0f}")
-                window, window_start, window_time = {}, done, now
-            if done % config.train.checkpoint_every == 0 or done == config.train.iterations:
-                checkpoint = save_checkpoint(ckpt_dir, policy, config, done, optimizer)
-    finally:
-        bar.close()
-        writer.close()
-    if start >= config.train.iterations:
-        checkpoint = save_checkpoint(ckpt_dir, policy, config, start, optimizer)
-    return TrainResult(run_dir, checkpoint, policy)
+    progress_keys = {"meta/mse_pre": "MSE before", "meta/mse_post": "after adaptation",
+                     "perf/iterations_per_s": "it/s"}
 
+    def __init__(self, config: Config) -> None:
+        if config.maml.loss != "supervised":
+            raise ConfigError(f"config key 'maml.loss': supervised MAML needs 'supervised', got {config.maml.loss!r}")
+        if config.outer.optimizer != "adam":
+            raise ConfigError(f"config key 'outer.optimizer': bad value {config.outer.optimizer!r}; "
+                              "allowed with maml.loss=supervised: 'adam'")
+        self.config = config
+        self.name = f"{'fo' if config.maml.first_order else ''}maml-supervised"
+        self.dtype, self.env, self.policy, self.optimizer = _setup(config)
+        self.lrs = inner_step_sizes(config.maml.inner_lr, config.maml.num_inner_steps)
+        self.window: dict[str, float] = {}
+        self.window_start: int | None = None
+        self.window_time = time.perf_counter()
 
-def _setup(config: Config) -> tuple[torch.dtype, RegressionTaskEnv, GaussianMLPPolicy, torch.optim.Adam]:
-    """Threads, dtype, task env, freshly initialised model and its Adam optimiser for a regression run."""
-    if config.train.num_threads:
-        torch.set_num_threads(config.train.num_threads)
-    policy = build_policy(config, *_io_dims(config))
-    return torch_dtype(config.train.dtype), regression_env(config), policy, adam(policy, config.outer.lr)
-
-
-def adam(policy: GaussianMLPPolicy, lr: float) -> torch.optim.Adam:
-    """The outer optimiser: Adam with the fused kernel (about 3x faster than ``foreach`` on these tiny tensors)."""
-    return torch.optim.Adam(policy.parameters(), lr=lr, fused=True)
-
-
-def _io_dims(config: Config) -> tuple[int, int]:
-    """Input and output sizes of the regressor (the env's observation and action sizes)."""
-    env = make_task_env(config.env.id, config.env.horizon, config.env.kwargs)
-    return int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape))
+    def iteration(self, it: int) -> dict[str, float] | None:
+        """One meta-step; returns the window's mean scalars every ``supervised.log_every`` iterations."""
+        m, s = self.config.maml, self.config.supervised
+        if self.window_start is None:
+            self.window_start, self.window_time = it, time.perf_counter()
+        rng, _ = iteration_rngs(self.config.train.seed, it)
+        tasks = self.env.sample_tasks(m.meta_batch_size, rng)
+        batch = sample_regression_batch(self.env, tasks, s.shots, s.query_size, rng, self.dtype)
+        stats = meta_step(self.policy, self.optimizer, batch, self.lrs, m.first_order)
+        for key, value in stats.items():
+            self.window[key] = self.window.get(key, 0.0) + value
+        done = it + 1
+        if done % s.log_every and done != self.config.train.iterations:
+            return None
+        count = done - self.window_start
+        now = time.perf_counter()
+        metrics = {key: total / count for key, total in self.window.items()}
+        metrics["perf/iterations_per_s"] = count / max(now - self.window_time, 1e-9)
+        self.window, self.window_start = {}, None
+        return metrics
 
 
 def train_pretrained(
@@ -375,13 +321,3 @@ def predictions_after_steps(
             with torch.no_grad():
                 out[k] = policy(grid, current)[0].double().numpy()
     return out
-
-
-def regression_policy_from_checkpoint(path: str | Path) -> tuple[GaussianMLPPolicy, Config]:
-    """Rebuild a supervised-MAML regressor and its config from a checkpoint (file or run directory)."""
-    payload = load_checkpoint(path)
-    config: Config = payload["config"]
-    policy = build_policy(config, payload["obs_dim"], payload["act_dim"])
-    policy.load_state_dict(payload["policy"])
-    return policy, config
-

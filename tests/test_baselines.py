@@ -15,7 +15,7 @@ pytest.importorskip("stable_baselines3", reason="the baselines extra (pip instal
 from stable_baselines3 import PPO  # noqa: E402
 from stable_baselines3.common.vec_env import DummyVecEnv  # noqa: E402
 
-import envs  # noqa: F401,E402  (registers the metarl/ envs)
+import metarl.envs  # noqa: F401,E402  (registers the metarl/ envs)
 from metarl.baselines import (  # noqa: E402
     SB3Settings,
     TaskObservationEnv,

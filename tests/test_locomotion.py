@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-import envs  # noqa: F401  (registers the metarl/ envs)
-from envs.base import check_task_env
-from envs.locomotion import (
+import metarl.envs  # noqa: F401  (registers the metarl/ envs)
+from metarl.envs.base import check_task_env
+from metarl.envs.locomotion import (
     AntDirVectorEnv,
     AntVelEnv,
     AntVelVectorEnv,
@@ -24,7 +24,7 @@ from envs.locomotion import (
     HalfCheetahVelEnv,
     HalfCheetahVelVectorEnv,
 )
-from envs.mujoco_batch import BatchPhysics, PerEnvPhysics
+from metarl.envs.mujoco_batch import BatchPhysics, PerEnvPhysics
 from metarl.config import load_config
 from metarl.trainer import train
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
 
-import envs  # noqa: F401
-from envs.base import check_task_env
-from envs.navigation import Navigation2DEnv, Navigation2DVectorEnv
+import metarl.envs  # noqa: F401
+from metarl.envs.base import check_task_env
+from metarl.envs.navigation import Navigation2DEnv, Navigation2DVectorEnv
 from metarl.policy import GaussianMLPPolicy, stack_params
 from metarl.sampler import Sampler, make_task_env
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
 
-import envs  # noqa: F401
+import metarl.envs  # noqa: F401
 import metarl.supervised as supervised
-from envs.sinusoid import SinusoidEnv, SinusoidVectorEnv
+from metarl.envs.sinusoid import SinusoidEnv, SinusoidVectorEnv
 from metarl.checkpoint import load_checkpoint
 from metarl.config import load_config
 from metarl.evaluation import mean_ci95

@@ -47,7 +47,7 @@ import torch
 from mujoco import rollout
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import envs  # noqa: E402,F401  (registers the metarl/ envs)
+import metarl.envs  # noqa: E402,F401  (registers the metarl/ envs)
 from metarl.config import load_config  # noqa: E402
 from metarl.policy import GaussianMLPPolicy  # noqa: E402
 from metarl.reporting import machine_description  # noqa: E402
