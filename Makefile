@@ -3,22 +3,31 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export MUJOCO_GL ?= egl
 
-.PHONY: setup train test test-slow bench
+.PHONY: setup train test test-slow lint
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
+	@echo "[1/3] creating the virtualenv $(VENV)"
 	python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==2.13.0   # the CPU wheel; see README "Set-up"
-	$(PY) -m pip install --quiet -e ".[dev,baselines]"
+	$(PY) -m pip install --progress-bar on --upgrade pip
+	@echo "[2/3] installing torch 2.13.0 (the CPU wheel; see README, set-up)"
+	$(PY) -m pip install --progress-bar on torch==2.13.0
+	@echo "[3/3] installing metarl and its dependencies (editable, with dev and baselines extras)"
+	$(PY) -m pip install --progress-bar on -e ".[dev,baselines]"
 	touch $@
+	@echo "set-up done: $(VENV)"
 
 train: setup  ## short meta-training run on the default config (2D navigation)
-	$(PY) scripts/train.py --config configs/navigation2d.yaml --output-dir runs/quickstart
+	$(VENV)/bin/metarl train --config configs/navigation2d.yaml --run-dir runs/quickstart --overwrite
 
 test: setup  ## the default (fast) test suite
 	$(PY) -m pytest
 
 test-slow: setup  ## heavier end-to-end tests
 	$(PY) -m pytest -m slow
+
+lint: setup  ## ruff lint and format check, mypy on the library
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy

@@ -175,8 +175,9 @@ class _TaskMixin:
     task_family: TaskFamily
     _task_value: float
     clip_actions: bool = False
+    action_space: Any
 
-    def step(self, action: np.ndarray):  # type: ignore[override]
+    def step(self, action: np.ndarray) -> Any:
         """The v5 step, on the action clipped to the action space when ``clip_actions``."""
         if self.clip_actions:
             action = np.clip(action, self.action_space.low, self.action_space.high)

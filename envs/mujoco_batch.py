@@ -73,7 +73,7 @@ class BatchPhysics:
 
     def close(self) -> None:
         """Release the batch and its thread pool."""
-        self._batch = None  # type: ignore[assignment]
+        self._batch = None
 
 
 class PerEnvPhysics:

@@ -71,7 +71,10 @@ def linear_feature_baseline(
             break
         reg *= 10.0
     else:
-        raise FloatingPointError("linear feature baseline: no finite solution (non-finite returns or observations?)")
+        raise FloatingPointError(
+            "the linear feature baseline has no finite solution (returns or observations overflow: "
+            f"largest |return| {returns.abs().max().item():.3g}); the policy diverged?"
+        )
     values = (x @ weights).reshape(n, t, b).transpose(0, 1)
     return values.to(returns.dtype) * mask
 
@@ -87,8 +90,16 @@ def normalize_per_task(advantages: Tensor, mask: Tensor, eps: float = 1e-8) -> T
 def process(episodes: Episodes, gamma: float, gae_lambda: float, normalize: bool) -> Episodes:
     """Attach discounted returns and (optionally normalised) GAE advantages with a per-task linear baseline."""
     returns = discounted_returns(episodes.rewards, episodes.mask, gamma)
+    _check_finite("discounted returns", returns)
     values = linear_feature_baseline(episodes.observations, returns, episodes.mask)
     advantages = gae(episodes.rewards, values, episodes.mask, gamma, gae_lambda)
     if normalize:
         advantages = normalize_per_task(advantages, episodes.mask)
+    _check_finite("advantages", advantages)
     return episodes.with_advantages(returns, advantages)
+
+
+def _check_finite(name: str, value: Tensor) -> None:
+    """Raise :class:`FloatingPointError` naming ``name`` if ``value`` holds a NaN or inf."""
+    if not torch.isfinite(value).all():
+        raise FloatingPointError(f"{name} are not finite (rewards overflow?)")

@@ -305,7 +305,7 @@ def describe(config_type: type = Config) -> str:
     """A markdown table of every key with its default, allowed values and help (for docs)."""
     lines = ["| key | default | allowed | meaning |", "|---|---|---|---|"]
     for section in dataclasses.fields(config_type):
-        sub = section.default_factory()  # type: ignore[misc]
+        sub = section.default_factory()  # type: ignore[operator]
         hints = typing.get_type_hints(type(sub))
         for f in dataclasses.fields(sub):
             meta = dict(f.metadata)

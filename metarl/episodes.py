@@ -51,8 +51,14 @@ class Episodes:
 
     def subsample(self, episodes_per_task: int) -> "Episodes":
         """The first ``episodes_per_task`` episodes of every task (a view, no copy)."""
-        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        return Episodes(**{k: None if v is None else v[:, :, :episodes_per_task] for k, v in fields.items()})
+        cut = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return Episodes(**{k: None if v is None else v[:, :, :episodes_per_task] for k, v in cut.items()})  # type: ignore[arg-type]
+
+    def require_advantages(self) -> Tensor:
+        """The advantages; an error if :func:`metarl.advantages.process` has not attached them."""
+        if self.advantages is None:
+            raise ValueError("episodes have no advantages: run metarl.advantages.process first")
+        return self.advantages
 
     def with_advantages(self, returns: Tensor, advantages: Tensor) -> "Episodes":
         """A copy with discounted returns and advantages attached."""

@@ -1,9 +1,10 @@
-"""Few-shot evaluation: return after 0..k inner steps on fresh tasks (the MAML paper's protocol)."""
+"""Few-shot evaluation: return after 0..k inner steps on fresh tasks (the MAML paper's protocol), and its tables."""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from numbers import Real
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -13,12 +14,29 @@ from metarl.config import Config
 from metarl.maml import inner_step_sizes, sample_meta_batch
 from metarl.policy import GaussianMLPPolicy
 
-def mean_ci95(values: np.ndarray) -> tuple[float, float]:
+METRIC_NAMES = {"mean_return": "return", "mse": "MSE", "accuracy": "accuracy"}
+"""How a result key is named in tables and figures."""
+
+MISSING = "–"
+"""The cell of a step a method was not evaluated at (an oracle is evaluated at step 0 only)."""
+
+
+def mean_ci95(values: np.ndarray | Sequence[float]) -> tuple[float, float]:
     """Mean and 95% confidence half-width (normal approximation, 1.96 standard errors)."""
     values = np.asarray(values, dtype=np.float64)
     if values.size < 2:
         return float(values.mean()), float("nan")
     return float(values.mean()), float(1.96 * values.std(ddof=1) / math.sqrt(values.size))
+
+
+def steps_label(k: int) -> str:
+    """``0 steps``, ``1 step``, ``2 steps``."""
+    return f"{k} step" if k == 1 else f"{k} steps"
+
+
+def metric_name(key: str) -> str:
+    """The readable name of a result key: ``mean_return`` -> ``return``, ``mse`` -> ``MSE``."""
+    return METRIC_NAMES.get(key, key)
 
 
 def evaluate_adaptation(
@@ -35,7 +53,9 @@ def evaluate_adaptation(
     Returns ``{"steps": [{"step": k, "mean_return": x, "ci95": h}, ...], "per_task": [[...], ...],
     "tasks": [...]}``, where the confidence interval is over tasks (each task's return averaged
     over its episodes) and ``per_task[k][i]`` is task ``tasks[i]``'s return after ``k`` steps.
-    Arguments left as ``None`` come from ``config.eval`` / ``config.maml``.
+    Task values are kept as the env gives them (numbers, numpy arrays, lists, strings); write
+    the result with :func:`metarl.reporting.write_json`. Arguments left as ``None`` come from
+    ``config.eval`` / ``config.maml``.
     """
     e = config.eval
     num_tasks = e.num_tasks if num_tasks is None else num_tasks
@@ -45,11 +65,17 @@ def evaluate_adaptation(
     lr = config.maml.inner_lr if inner_lr is None else inner_lr
     rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(seed)
-    tasks = task_env(config).unwrapped.sample_tasks(num_tasks, rng)
+    tasks = task_env(config).unwrapped.sample_tasks(num_tasks, rng)  # type: ignore[attr-defined]
     sampler = make_sampler(config, num_tasks, episodes)
     try:
         batch, _ = sample_meta_batch(
-            sampler, policy, policy.params(), tasks, adaptation_settings(config.maml), rng, generator,
+            sampler,
+            policy,
+            policy.params(),
+            tasks,
+            adaptation_settings(config.maml),
+            rng,
+            generator,
             lrs=inner_step_sizes(lr, num_steps, decay_after_first=True),
         )
     finally:
@@ -59,45 +85,102 @@ def evaluate_adaptation(
     for k, returns in enumerate(per_task):
         mean, ci = mean_ci95(returns)
         steps.append({"step": k, "mean_return": mean, "ci95": ci})
-    return {"steps": steps, "per_task": [r.tolist() for r in per_task], "tasks": [dict(t) for t in tasks],
-            "num_tasks": num_tasks, "episodes_per_step": episodes, "inner_lr": lr, "seed": seed}
+    return {
+        "steps": steps,
+        "per_task": [r.tolist() for r in per_task],
+        "tasks": [dict(t) for t in tasks],
+        "num_tasks": num_tasks,
+        "episodes_per_step": episodes,
+        "inner_lr": lr,
+        "seed": seed,
+    }
 
 
-def markdown_table(results: dict[str, dict[str, Any]], key: str = "mean_return", digits: int = 2) -> str:
-    """Markdown table of ``key`` (mean return, or ``"mse"`` for regression) ± 95% CI after each step, one row per method."""
-    methods = list(results)
-    steps = [s["step"] for s in results[methods[0]]["steps"]]
-    lines = ["| method | " + " | ".join(f"{k} steps" for k in steps) + " |", "|---" * (len(steps) + 1) + "|"]
-    for name in methods:
-        cells = [f"{s[key]:.{digits}f} ± {s['ci95']:.{digits}f}" for s in results[name]["steps"]]
+def markdown_table(results: Mapping[str, Mapping[str, Any]], key: str = "mean_return", digits: int = 2) -> str:
+    """Markdown table of ``key`` ± 95% CI over tasks after each inner step, one row per method.
+
+    ``key`` is ``"mean_return"`` (RL), ``"mse"`` or ``"accuracy"`` (supervised); the first
+    header cell names it, e.g. ``method (mean MSE ± 95% CI over tasks)``. The columns are every
+    step any method was evaluated at; a method evaluated at fewer steps (an oracle, evaluated
+    without adaptation at step 0 only) shows ``–`` in the other columns instead of repeating
+    its number.
+    """
+    if not results:
+        raise ValueError("markdown_table needs at least one method")
+    steps = sorted({int(s["step"]) for r in results.values() for s in r["steps"]})
+    header = f"| method (mean {metric_name(key)} ± 95% CI over tasks) | " + " | ".join(map(steps_label, steps)) + " |"
+    lines = [header, "|---" * (len(steps) + 1) + "|"]
+    for name, result in results.items():
+        by_step = {int(s["step"]): s for s in result["steps"]}
+        cells = [
+            f"{by_step[k][key]:.{digits}f} ± {by_step[k]['ci95']:.{digits}f}" if k in by_step else MISSING
+            for k in steps
+        ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def returns_by_task_parameter(result: dict[str, Any], num_bins: int = 4) -> str | None:
-    """Markdown table of the mean return after each step by quantile bin of a scalar task parameter.
+def is_scalar_value(value: Any) -> bool:
+    """Whether a task value is one number or one string (a category): not an array, list or mapping."""
+    if isinstance(value, (str, bytes)):
+        return True
+    if isinstance(value, np.ndarray):
+        return value.ndim == 0
+    if isinstance(value, np.generic):
+        return not np.iscomplexobj(value)
+    return isinstance(value, Real)
+
+
+def describe_value(value: Any) -> str:
+    """A short description of a task value's kind: ``an array of shape (2,)``, ``a list of 3 values``."""
+    if isinstance(value, np.ndarray):
+        return f"an array of shape {value.shape}"
+    if isinstance(value, (list, tuple)):
+        return f"a list of {len(value)} values"
+    return f"a {type(value).__name__}"
+
+
+def returns_by_task_parameter(result: Mapping[str, Any], num_bins: int = 4) -> str | None:
+    """Markdown table of the mean return after each step by the value of a one-parameter task.
 
     ``result`` is :func:`evaluate_adaptation`'s output. Shows where the average comes from
-    (e.g. which goal velocities adapt well). A parameter with at most ``num_bins`` distinct
-    values (a goal direction) gets one row per value. ``None`` when the tasks are not
-    described by a single scalar (2D navigation goals).
+    (e.g. which goal velocities adapt well). A numeric parameter is split into ``num_bins``
+    quantile bins, or one row per value when it takes at most ``num_bins`` values (a goal
+    direction); a string parameter gets one row per value. When the parameter is not a scalar
+    (a numpy array or list, e.g. a 2-D goal vector), returns a one-line note saying so instead
+    of a table. ``None`` when there is no single parameter to tabulate (no tasks, or tasks with
+    several parameters such as 2D navigation's ``goal_x``/``goal_y``).
     """
-    tasks = result.get("tasks", [])
     if num_bins < 1:
         raise ValueError(f"num_bins must be >= 1, got {num_bins}")
+    tasks = result.get("tasks", [])
     if not tasks or any(len(t) != 1 for t in tasks) or len({k for t in tasks for k in t}) != 1:
         return None
     key = next(iter(tasks[0]))
-    values = np.array([t[key] for t in tasks], dtype=np.float64)
+    raw = [t[key] for t in tasks]
+    not_scalar = next((v for v in raw if not is_scalar_value(v)), None)
+    if not_scalar is not None:
+        return (
+            f"(no table by task parameter: {key!r} is {describe_value(not_scalar)}, not a scalar; "
+            "only scalar task parameters are tabulated)"
+        )
     per_task = np.asarray(result["per_task"], dtype=np.float64)  # [steps, tasks]
-    unique = np.unique(values)
-    if unique.size <= num_bins:  # discrete parameter (goal direction): one row per value
-        groups = [np.flatnonzero(values == u) for u in unique]
+    if any(isinstance(v, (str, bytes)) for v in raw):
+        labels = [str(v) for v in raw]
+        groups = [np.flatnonzero(np.array([lab == u for lab in labels])) for u in sorted(set(labels))]
+        names = [labels[g[0]] for g in groups]
     else:
-        groups = np.array_split(np.argsort(values, kind="stable"), min(num_bins, values.size))
-    header = "| " + key + " | tasks | " + " | ".join(f"{k} steps" for k in range(per_task.shape[0])) + " |"
-    lines = [header, "|---" * (per_task.shape[0] + 2) + "|"]
-    for chunk in groups:
-        cells = " | ".join(f"{per_task[k, chunk].mean():.2f}" for k in range(per_task.shape[0]))
-        lines.append(f"| {values[chunk].min():.2f} to {values[chunk].max():.2f} | {chunk.size} | {cells} |")
+        values = np.array([float(v) for v in raw], dtype=np.float64)
+        unique = np.unique(values)
+        if unique.size <= num_bins:  # discrete parameter (goal direction): one row per value
+            groups = [np.flatnonzero(values == u) for u in unique]
+        else:
+            groups = np.array_split(np.argsort(values, kind="stable"), min(num_bins, values.size))
+        names = [f"{values[g].min():.2f} to {values[g].max():.2f}" for g in groups]
+    num_steps = per_task.shape[0]
+    header = f"| {key} | tasks | " + " | ".join(steps_label(k) for k in range(num_steps)) + " |"
+    lines = [header, "|---" * (num_steps + 2) + "|"]
+    for name, chunk in zip(names, groups):
+        cells = " | ".join(f"{per_task[k, chunk].mean():.2f}" for k in range(num_steps))
+        lines.append(f"| {name} | {chunk.size} | {cells} |")
     return "\n".join(lines)

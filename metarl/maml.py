@@ -9,7 +9,7 @@ loop over tasks anywhere here.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Literal, Sequence
+from typing import TYPE_CHECKING, Callable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -18,6 +18,8 @@ from torch import Tensor
 from metarl.envs.base import Task
 from metarl.advantages import process
 from metarl.episodes import Episodes, masked_task_mean, task_major
+if TYPE_CHECKING:
+    from metarl.sampler import Sampler
 from metarl.policy import GaussianMLPPolicy, Params, detach_params, is_stacked, kl_divergence, log_prob, stack_params
 
 InnerLoss = Callable[[Params, int], Tensor]
@@ -120,7 +122,7 @@ def surrogate_and_old_policy(
 
 def _surrogate(logp: Tensor, old_logp: Tensor, episodes: Episodes) -> Tensor:
     ratio = torch.exp(logp - old_logp)
-    return -masked_task_mean(ratio * task_major(episodes.advantages), task_major(episodes.mask)).mean()
+    return -masked_task_mean(ratio * task_major(episodes.require_advantages()), task_major(episodes.mask)).mean()
 
 
 def mean_kl(policy: GaussianMLPPolicy, adapted: Params, episodes: Episodes, old: OldPolicy) -> Tensor:
@@ -166,7 +168,7 @@ def adapt_on_batch(
 
 
 def sample_meta_batch(
-    sampler: "Sampler",  # noqa: F821  (metarl.sampler.Sampler; avoids an import cycle in type checkers)
+    sampler: Sampler,
     policy: GaussianMLPPolicy,
     params: Params,
     tasks: list[Task],
@@ -190,4 +192,8 @@ def sample_meta_batch(
         if step < len(lrs):
             loss_fn = lambda p, _s, ep=sets[-1]: reinforce_loss(policy, p, ep)  # noqa: E731
             current = detach_params(adapt(loss_fn, current, len(tasks), [lrs[step]], first_order=True))
+            bad = [name for name, value in current.items() if not torch.isfinite(value).all()]
+            if bad:
+                raise FloatingPointError(f"inner step {step + 1} made the adapted parameters non-finite ({', '.join(bad)}; "
+                                         f"maml.inner_lr={lrs[step]:g} too large?)")
     return MetaBatch(list(tasks), sets[:-1], sets[-1]), used

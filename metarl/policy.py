@@ -66,6 +66,8 @@ class GaussianMLPPolicy(nn.Module):
         """
         with torch.no_grad():
             for layer in self.layers:
+                assert isinstance(layer, nn.Linear)
+                tensors: tuple[Tensor, ...]
                 if self.init == "glorot":
                     bound = math.sqrt(6.0 / (layer.in_features + layer.out_features))
                     layer.bias.zero_()

@@ -15,6 +15,7 @@ from gymnasium.vector import AutoresetMode, SyncVectorEnv
 import metarl.envs  # noqa: F401  (registers the metarl/ envs)
 from metarl.envs.base import Task, check_task_env
 from metarl.episodes import Episodes, stack_time
+from metarl.errors import ConfigError, EnvError
 from metarl.policy import GaussianMLPPolicy, Params, is_stacked
 
 Vectorization = Literal["auto", "native", "sync"]
@@ -31,7 +32,7 @@ def resolve_env_id(env_id: str) -> str:
     try:
         importlib.import_module(module)
     except ImportError as exc:
-        raise ValueError(f"cannot import module {module!r} named in env id {env_id!r}: {exc}") from exc
+        raise ConfigError(f"cannot import module {module!r} named in env id {env_id!r}: {exc}") from exc
     return bare
 
 
@@ -41,8 +42,13 @@ def make_task_env(env_id: str, horizon: int, env_kwargs: dict[str, Any] | None =
     try:
         env = gymnasium.make(env_id, max_episode_steps=horizon, **(env_kwargs or {}))
     except gymnasium.error.Error as exc:
-        raise ValueError(f"cannot make environment {env_id!r}: {exc}") from exc
-    check_task_env(env)
+        raise ConfigError(f"config key 'env.id': cannot make environment {env_id!r}: {exc}") from None
+    except TypeError as exc:
+        raise ConfigError(f"config key 'env.kwargs': {env_id} does not accept {sorted(env_kwargs or {})}: {exc}") from None
+    try:
+        check_task_env(env)
+    except TypeError as exc:
+        raise ConfigError(f"config key 'env.id': {exc}") from None
     return env
 
 
@@ -68,8 +74,40 @@ def make_vector_env(
         return gymnasium.make_vec(
             env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **env_kwargs, **(vector_kwargs or {})
         )
-    fns = [lambda: gymnasium.make(env_id, max_episode_steps=horizon, **env_kwargs)] * num_envs
+    fns = [lambda i=i: NamedFailures(gymnasium.make(env_id, max_episode_steps=horizon, **env_kwargs), env_id, i)
+           for i in range(num_envs)]
     return SyncVectorEnv(fns, autoreset_mode=AutoresetMode.NEXT_STEP)
+
+
+class NamedFailures(gymnasium.Wrapper):
+    """Turns an exception raised inside one sub-env's ``reset``/``step`` into an :class:`EnvError` naming
+    the env id, the sub-env, its task and the episode step."""
+
+    def __init__(self, env: gymnasium.Env, env_id: str, index: int) -> None:
+        super().__init__(env)
+        self.env_id, self.index, self.t = env_id, index, 0
+
+    def _fail(self, where: str, exc: Exception) -> EnvError:
+        task = getattr(self.env.unwrapped, "task", None)
+        return EnvError(f"env {self.env_id} raised in {where} (sub-env {self.index}, task {task}, episode step "
+                        f"{self.t}): {type(exc).__name__}: {exc}")
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:
+        """Reset, naming the env on failure."""
+        self.t = 0
+        try:
+            return self.env.reset(seed=seed, options=options)
+        except Exception as exc:
+            raise self._fail("reset", exc) from exc
+
+    def step(self, action: Any) -> Any:
+        """Step, naming the env on failure."""
+        try:
+            result = self.env.step(action)
+        except Exception as exc:
+            raise self._fail("step", exc) from exc
+        self.t += 1
+        return result
 
 
 @contextlib.contextmanager
@@ -119,9 +157,13 @@ class Sampler:
         self.dtype = dtype
         self.policy_threads = policy_threads
         self.collect_seconds = 0.0
-        self.env = make_vector_env(
-            env_id, num_tasks * episodes_per_task, horizon, env_kwargs, vector_kwargs, vectorization
-        )
+        self.env_id = env_id
+        try:
+            self.env = make_vector_env(
+                env_id, num_tasks * episodes_per_task, horizon, env_kwargs, vector_kwargs, vectorization
+            )
+        except TypeError as exc:
+            raise ConfigError(f"config key 'env.kwargs' / 'env.vector_kwargs': {env_id} rejects them: {exc}") from None
 
     def collect(
         self,
@@ -142,18 +184,24 @@ class Sampler:
         stacked = is_stacked(params)
         if stacked and params["log_std"].shape[0] != n:
             raise ValueError(f"stacked params have {params['log_std'].shape[0]} tasks, expected {n}")
-        self.env.set_attr("task", [task for task in tasks for _ in range(b)])
+        self.env.set_attr("task", [task for task in tasks for _ in range(b)])  # type: ignore[attr-defined]
         seeds = rng.integers(0, 2**31 - 1, size=n * b).tolist()
-        obs_np, _ = self.env.reset(seed=seeds)
+        obs_np, _ = self._guarded(lambda: self.env.reset(seed=seeds), "reset", tasks)
+        self._check_finite("observation", obs_np, tasks, 0)
         alive = torch.ones(n, b, dtype=self.dtype)
         observations, actions, rewards, masks = [], [], [], []
         with torch.no_grad(), torch_threads(self.policy_threads):
-            for _ in range(self.horizon):
+            for t in range(self.horizon):
                 obs = torch.as_tensor(np.asarray(obs_np), dtype=self.dtype).view(n, b, -1)
                 mean, log_std = policy(obs if stacked else obs.view(n * b, -1), params)
                 noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
                 action = (mean + noise * log_std.exp()).view(n, b, -1)
-                obs_np, reward, terminated, truncated, _ = self.env.step(action.view(n * b, -1).numpy())
+                step_input = action.view(n * b, -1).numpy()
+                obs_np, reward, terminated, truncated, _ = self._guarded(
+                    lambda: self.env.step(step_input), "step", tasks
+                )
+                self._check_finite("reward", reward, tasks, t)
+                self._check_finite("observation", obs_np, tasks, t + 1)
                 observations.append(obs)
                 actions.append(action)
                 rewards.append(torch.as_tensor(np.asarray(reward), dtype=self.dtype).view(n, b))
@@ -164,6 +212,27 @@ class Sampler:
         mask_t = stack_time(masks)
         self.collect_seconds += time.perf_counter() - start
         return Episodes(stack_time(observations), stack_time(actions), rewards_t * mask_t, mask_t)
+
+    def _guarded(self, call: Any, where: str, tasks: Sequence[Task]) -> Any:
+        """Run an env call; an exception becomes an :class:`EnvError` naming the env (and task, if known)."""
+        try:
+            return call()
+        except EnvError:
+            raise
+        except Exception as exc:
+            raise EnvError(f"env {self.env_id} raised in {where} (natively vectorised form, {len(tasks)} tasks, "
+                           f"first {tasks[0]}): {type(exc).__name__}: {exc}") from exc
+
+    def _check_finite(self, what: str, values: Any, tasks: Sequence[Task], t: int) -> None:
+        """Raise :class:`EnvError` naming the env, task and step if an observation or reward is NaN/inf."""
+        array = np.asarray(values)
+        if np.isfinite(array).all():
+            return
+        flat = np.flatnonzero(~np.isfinite(array.reshape(array.shape[0], -1)).all(axis=1))
+        episode = int(flat[0])
+        task = tasks[episode // self.episodes_per_task]
+        raise EnvError(f"env {self.env_id} returned a non-finite {what} at episode step {t} "
+                       f"(task {task}, episode {episode % self.episodes_per_task})")
 
     def close(self) -> None:
         """Close the vector env."""

@@ -189,7 +189,8 @@ class SupervisedMAML(Algorithm):
                               "allowed with maml.loss=supervised: 'adam'")
         self.config = config
         self.name = f"{'fo' if config.maml.first_order else ''}maml-supervised"
-        self.dtype, self.env, self.policy, self.optimizer = _setup(config)
+        self.dtype, self.env, self.policy, self.adam = _setup(config)
+        self.optimizer = self.adam
         self.lrs = inner_step_sizes(config.maml.inner_lr, config.maml.num_inner_steps)
         self.window: dict[str, float] = {}
         self.window_start: int | None = None
@@ -203,7 +204,7 @@ class SupervisedMAML(Algorithm):
         rng, _ = iteration_rngs(self.config.train.seed, it)
         tasks = self.env.sample_tasks(m.meta_batch_size, rng)
         batch = sample_regression_batch(self.env, tasks, s.shots, s.query_size, rng, self.dtype)
-        stats = meta_step(self.policy, self.optimizer, batch, self.lrs, m.first_order)
+        stats = meta_step(self.policy, self.adam, batch, self.lrs, m.first_order)
         for key, value in stats.items():
             self.window[key] = self.window.get(key, 0.0) + value
         done = it + 1
@@ -215,6 +216,18 @@ class SupervisedMAML(Algorithm):
         metrics["perf/iterations_per_s"] = count / max(now - self.window_time, 1e-9)
         self.window, self.window_start = {}, None
         return metrics
+
+
+def _setup(config: Config) -> tuple[torch.dtype, RegressionTaskEnv, GaussianMLPPolicy, torch.optim.Adam]:
+    """Dtype, task env, freshly initialised model and its Adam optimiser for a regression run."""
+    env = regression_env(config)
+    policy = build_policy(config, *io_dims(task_env(config)))
+    return torch_dtype(config.train.dtype), env, policy, adam(policy, config.outer.lr)
+
+
+def adam(policy: GaussianMLPPolicy, lr: float) -> torch.optim.Adam:
+    """The outer optimiser: Adam with the fused kernel (about 3x faster than ``foreach`` on these tiny tensors)."""
+    return torch.optim.Adam(policy.parameters(), lr=lr, fused=True)
 
 
 def train_pretrained(

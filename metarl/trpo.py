@@ -157,7 +157,7 @@ def trpo_step(
     adapted = adapt_on_batch(policy, params, batch, adaptation, adaptation.first_order)
     loss, old = surrogate_and_old_policy(policy, adapted, batch.valid)
     _check_finite("surrogate loss", loss)
-    grad = flatten(torch.autograd.grad(loss, list(params.values())))
+    grad = flatten(list(torch.autograd.grad(loss, list(params.values()))))
     _check_finite("meta-gradient", grad)
     del adapted
 
@@ -225,6 +225,7 @@ def adam_step(
     optimizer.zero_grad()
     loss.backward()
     for p in policy.parameters():
-        _check_finite("meta-gradient", p.grad)
+        if p.grad is not None:
+            _check_finite("meta-gradient", p.grad)
     optimizer.step()
     return {"loss_before": loss.item()}

@@ -21,17 +21,13 @@ from metarl.maml import (
     surrogate_loss,
 )
 from metarl.policy import GaussianMLPPolicy, Params, flatten, stack_params, unflatten
-from tests.conftest import random_episodes
+from tests.helpers import finite_difference_grad, random_episodes, settings
 
 
 def make_batch(n: int, k: int, seed: int = 1) -> MetaBatch:
     """k inner-step episode sets and a post-adaptation set for n tasks."""
     train = [random_episodes(n, 3, 5, seed + i) for i in range(k)]
     return MetaBatch([{}] * n, train, random_episodes(n, 3, 5, seed + 100))
-
-
-def settings(k: int, first_order: bool = False, estimator: str = "log") -> AdaptationSettings:
-    return AdaptationSettings(0.5, k, first_order, 0.9, 0.95, True, estimator)
 
 
 def meta_objective(policy: GaussianMLPPolicy, batch: MetaBatch, k: int, first_order: bool = False):
@@ -44,19 +40,6 @@ def meta_objective(policy: GaussianMLPPolicy, batch: MetaBatch, k: int, first_or
         return surrogate_loss(policy, adapted, batch.valid, old)
 
     return theta0, f
-
-
-def finite_difference_grad(f, params: Params, eps: float = 1e-6) -> torch.Tensor:
-    """Central finite differences of a scalar function of the flattened parameters."""
-    flat = flatten(params).detach()
-    grad = torch.zeros_like(flat)
-    for i in range(flat.numel()):
-        e = torch.zeros_like(flat)
-        e[i] = eps
-        plus = f({k: v.requires_grad_() for k, v in unflatten(flat + e, params).items()})
-        minus = f({k: v.requires_grad_() for k, v in unflatten(flat - e, params).items()})
-        grad[i] = (plus.item() - minus.item()) / (2 * eps)
-    return grad
 
 
 def test_second_order_meta_gradient_matches_finite_differences(tiny_policy: GaussianMLPPolicy) -> None:
@@ -143,7 +126,7 @@ def test_returns_by_task_parameter_bins_hand_computed() -> None:
     table = returns_by_task_parameter(result, num_bins=2)
     assert table is not None
     rows = table.splitlines()
-    assert rows[0] == "| velocity | tasks | 0 steps | 1 steps |"
+    assert rows[0] == "| velocity | tasks | 0 steps | 1 step |"
     assert rows[2] == "| 0.10 to 0.30 | 2 | -11.00 | -6.00 |"  # tasks with goals 0.1 and 0.3
     assert rows[3] == "| 0.90 to 1.50 | 2 | -25.00 | -12.00 |"
     directions = {"tasks": [{"direction": d} for d in (1.0, -1.0, 1.0)], "per_task": [[1.0, 2.0, 3.0]]}

@@ -20,10 +20,10 @@ from metarl.config import load_config
 from metarl.evaluation import mean_ci95
 from metarl.policy import GaussianMLPPolicy, Params, flatten, stack_params
 from metarl.sampler import Sampler
-from metarl.trainer import TrainingDiverged, train
-from scripts import evaluate as evaluate_script
-from scripts import train as train_script
-from tests.test_maml import finite_difference_grad
+from metarl.cli import main as cli
+from metarl.errors import ConfigError, TrainingDiverged
+from metarl.trainer import train
+from tests.helpers import finite_difference_grad
 
 ROOT = Path(__file__).resolve().parents[1]
 RL_CONFIG = ROOT / "configs" / "sinusoid_rl.yaml"
@@ -205,10 +205,12 @@ def test_evaluation_matches_a_direct_computation(regression_policy: GaussianMLPP
 
 def test_supervised_loss_needs_a_regression_env() -> None:
     config = load_config(None, ["maml.loss=supervised", "outer.optimizer=adam"])
-    with pytest.raises(ValueError, match="sample_points"):
-        supervised.train_supervised(config, Path("unused"), progress=False)
-    with pytest.raises(ValueError, match="maml.loss=supervised"):
-        supervised.train_supervised(load_config(SUPERVISED_CONFIG, ["maml.loss=pg"]), Path("unused"), progress=False)
+    with pytest.raises(ConfigError, match="sample_points"):
+        train(config, Path("unused"), progress=False)
+    with pytest.raises(ConfigError, match="maml.loss"):
+        supervised.SupervisedMAML(load_config(SUPERVISED_CONFIG, ["maml.loss=pg"]))
+    with pytest.raises(ConfigError, match="outer.optimizer"):
+        supervised.SupervisedMAML(load_config(SUPERVISED_CONFIG, ["outer.optimizer=trpo"]))
 
 
 # --------------------------------------------------------------------------- training runs
@@ -228,7 +230,7 @@ def flat(policy: GaussianMLPPolicy) -> torch.Tensor:
 def test_supervised_meta_training_makes_adaptation_help(tmp_path: Path) -> None:
     config = load_config(SUPERVISED_CONFIG, ["train.iterations=400", "supervised.log_every=100",
                                              "train.checkpoint_every=400", "maml.inner_lr=0.05"])
-    result = supervised.train_supervised(config, tmp_path, progress=False)
+    result = train(config, tmp_path, progress=False)
     evaluation = supervised.evaluate_regression(result.policy, config, num_tasks=300, num_steps=1)
     gain, ci = mean_ci95(np.subtract(*evaluation["per_task"]))  # paired: same tasks before and after
     assert gain > 2 * ci > 0
@@ -239,16 +241,16 @@ def test_supervised_meta_training_makes_adaptation_help(tmp_path: Path) -> None:
 
 
 def test_supervised_training_is_deterministic_and_resumable(tmp_path: Path) -> None:
-    a = supervised.train_supervised(tiny_supervised(), tmp_path / "a", progress=False)
-    b = supervised.train_supervised(tiny_supervised(), tmp_path / "b", progress=False)
-    c = supervised.train_supervised(tiny_supervised("train.seed=1"), tmp_path / "c", progress=False)
+    a = train(tiny_supervised(), tmp_path / "a", progress=False)
+    b = train(tiny_supervised(), tmp_path / "b", progress=False)
+    c = train(tiny_supervised("train.seed=1"), tmp_path / "c", progress=False)
     assert torch.equal(flat(a.policy), flat(b.policy))
     assert not torch.equal(flat(a.policy), flat(c.policy))
-    supervised.train_supervised(tiny_supervised(iterations=3), tmp_path / "part", progress=False)
-    resumed = supervised.train_supervised(tiny_supervised(), tmp_path / "part", resume=True, progress=False)
+    train(tiny_supervised(iterations=3), tmp_path / "part", progress=False)
+    resumed = train(tiny_supervised(), tmp_path / "part", resume=True, progress=False)
     assert torch.equal(flat(a.policy), flat(resumed.policy))  # Adam state restored, same data drawn
-    payload = load_checkpoint(tmp_path / "part")
-    assert payload["iteration"] == 6 and payload["optimizer"]["state"]
+    checkpoint = load_checkpoint(tmp_path / "part")
+    assert checkpoint.iteration == 6 and checkpoint.optimizer is not None and checkpoint.optimizer["state"]
     last = lambda d: json.loads((d / "metrics.jsonl").read_text().splitlines()[-1])  # noqa: E731
     assert last(tmp_path / "a")["meta/mse_post"] == last(tmp_path / "part")["meta/mse_post"]
 
@@ -266,15 +268,16 @@ def test_supervised_nan_stops_with_clear_message(tmp_path: Path, monkeypatch) ->
 
     monkeypatch.setattr(supervised, "meta_step", poisoned_step)
     with pytest.raises(TrainingDiverged, match=r"iteration 3: post-adaptation MSE is not finite.*checkpoint_000003.pt"):
-        supervised.train_supervised(tiny_supervised(), tmp_path, progress=False)
-    assert load_checkpoint(tmp_path)["iteration"] == 3
+        train(tiny_supervised(), tmp_path, progress=False)
+    assert load_checkpoint(tmp_path).iteration == 3
 
 
 def test_train_script_dispatches_the_supervised_config(tmp_path: Path) -> None:
-    args = ["--config", str(SUPERVISED_CONFIG), "--output-dir", str(tmp_path), "--iterations", "2", "--no-progress"]
-    assert train_script.main([*args, *(a for s in TINY_SUPERVISED for a in ("--set", s))]) == 0
-    assert load_checkpoint(tmp_path)["iteration"] == 2
-    assert evaluate_script.main(["--checkpoint", str(tmp_path), "--num-tasks", "5", "--num-steps", "2"]) == 0
+    args = ["train", "--config", str(SUPERVISED_CONFIG), "--run-dir", str(tmp_path), "--iterations", "2",
+            "--no-progress"]
+    assert cli([*args, *(a for s in TINY_SUPERVISED for a in ("--set", s))]) == 0
+    assert load_checkpoint(tmp_path).iteration == 2
+    assert cli(["evaluate", "--run-dir", str(tmp_path), "--num-tasks", "5", "--num-steps", "2"]) == 0
     steps = json.loads((tmp_path / "evaluation.json").read_text())["steps"]
     assert [s["step"] for s in steps] == [0, 1, 2]
     assert all(s["mse"] > 0 and math.isfinite(s["ci95"]) for s in steps)
@@ -287,8 +290,7 @@ def test_rl_config_trains_end_to_end_and_evaluates(tmp_path: Path) -> None:
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows] == [0, 1]
     assert all(r["meta/return_post"] < 0 for r in rows)
-    assert evaluate_script.main(["--checkpoint", str(tmp_path), "--num-tasks", "3", "--episodes-per-step", "4",
-                                 "--num-steps", "1"]) == 0
+    assert cli(["evaluate", "--run-dir", str(tmp_path), "--num-tasks", "3", "--episodes", "4", "--num-steps", "1"]) == 0
     steps = json.loads((tmp_path / "evaluation.json").read_text())["steps"]
     assert [s["step"] for s in steps] == [0, 1]
 

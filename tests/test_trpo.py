@@ -8,8 +8,7 @@ import torch
 from metarl.maml import MetaBatch, adapt_on_batch, mean_kl, old_policy
 from metarl.policy import flatten, unflatten
 from metarl.trpo import TRPOSettings, conjugate_gradient, kl_curvature, trpo_step
-from tests.conftest import random_episodes
-from tests.test_maml import settings
+from tests.helpers import random_episodes, settings
 
 
 def test_conjugate_gradient_matches_direct_solve() -> None:

@@ -1,0 +1,97 @@
+"""What every benchmark script shares: its argument parser, one error line per failure, the results folder.
+
+Every script is run from the repository root as ``python -m benchmarks.<name>`` and exposes
+``main(argv) -> int``. Bad input (an argparse error, a :class:`~metarl.errors.MetarlError`, a
+``ValueError`` or a missing file) ends as one ``error: ...`` line on stderr and exit status 2
+(3 for a diverged run, 130/143 for an interrupt); ``--debug`` shows the traceback. Results go
+to ``--results DIR`` when given, else to a folder of the benchmark's own run, never to the
+repository's ``results/`` unless asked for with ``--results results``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import traceback
+from pathlib import Path
+from typing import Callable, Sequence
+
+from metarl.errors import MetarlError
+
+ROOT = Path(__file__).resolve().parents[1]
+"""The repository root (configs/ lives there)."""
+
+CONFIGS = ROOT / "configs"
+
+
+class UsageError(Exception):
+    """A command-line error found by argparse (reported as one ``error:`` line, exit status 2)."""
+
+
+class BenchParser(argparse.ArgumentParser):
+    """An argument parser whose errors raise :class:`UsageError` instead of printing usage and exiting."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        """Raise :class:`UsageError` with argparse's message."""
+        raise UsageError(message)
+
+
+def make_parser(module: str, doc: str | None) -> BenchParser:
+    """The parser of ``benchmarks.<module>`` with its docstring as help, and ``--debug``."""
+    parser = BenchParser(prog=f"python -m benchmarks.{module}", description=doc,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    return parser
+
+
+def add_progress(parser: argparse.ArgumentParser) -> None:
+    """``--no-progress``: hide progress bars."""
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def add_results(parser: argparse.ArgumentParser, default: str) -> None:
+    """``--results DIR``: where tables and figures go (``default`` describes where they go without it)."""
+    parser.add_argument("--results", type=Path,
+                        help=f"where to write the tables and figures (default: {default}; "
+                        "the repository's results/ only with --results results)")
+
+
+def command_line(module: str, argv: Sequence[str]) -> str:
+    """The command that reproduces this invocation, e.g. ``python -m benchmarks.bench_learning --seed 1``."""
+    return shlex.join(["python", "-m", f"benchmarks.{module}", *argv])
+
+
+def run_main(parser: BenchParser, body: Callable[[argparse.Namespace], int], argv: Sequence[str] | None) -> int:
+    """Parse ``argv`` and run ``body(args)``; every error a user can cause becomes one ``error:`` line.
+
+    ``args.argv`` holds the arguments (for the recorded command). Returns the exit status.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as exc:
+        return report(str(exc), 2, None)
+    args.argv = argv
+    try:
+        return body(args)
+    except MetarlError as exc:
+        return report(str(exc) or type(exc).__name__, exc.exit_code, exc if args.debug else None)
+    except KeyboardInterrupt as exc:
+        return report("interrupted", 130, exc if args.debug else None)
+    except (ValueError, FileNotFoundError, PermissionError, NotImplementedError) as exc:
+        return report(str(exc) or type(exc).__name__, 2, exc if args.debug else None)
+
+
+def report(message: str, code: int, exc: BaseException | None) -> int:
+    """Print ``error: message`` (after the traceback of ``exc`` when given) to stderr; return ``code``."""
+    if exc is not None:
+        traceback.print_exception(exc)
+    first = message.strip().splitlines()[0] if message.strip() else "failed"
+    print(f"error: {first}", file=sys.stderr, flush=True)
+    return code
+
+
+def log(message: str) -> None:
+    """A progress or notice line on stderr."""
+    print(message, file=sys.stderr, flush=True)
