@@ -22,8 +22,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from benchmarks.common import CONFIGS, add_progress, add_results, command_line, log, make_parser, run_main
 from metarl.build import build_policy, horizon
@@ -51,8 +52,11 @@ def protocol_section(config: Config, results: dict[str, dict[str, Any]], num_tas
     step1 = steps[1]["mean_return"] if len(steps) > 1 else float("nan")
     by_task = returns_by_task_parameter(results[MAML])
     by_task_md = f"\nMAML by task parameter (mean return of the tasks in each bin):\n\n{by_task}\n" if by_task else ""
-    verdict = (f"target after 1 step >= {target}: **{step1:.2f}** ({'met' if step1 >= target else 'NOT met'})"
-               if target is not None else f"after 1 step: **{step1:.2f}**")
+    verdict = (
+        f"target after 1 step >= {target}: **{step1:.2f}** ({'met' if step1 >= target else 'NOT met'})"
+        if target is not None
+        else f"after 1 step: **{step1:.2f}**"
+    )
     episodes = results[MAML]["episodes_per_step"]
     return (
         f"## {num_tasks} fresh tasks (seed {seed}), {episodes} trajectories per step, "
@@ -70,11 +74,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--iterations", type=positive, help="train.iterations (default: the config's)")
     parser.add_argument("--seed", type=non_negative, help="train.seed (evaluation tasks come from eval.seed)")
     parser.add_argument("--num-tasks", type=positive, help="fresh evaluation tasks (default: eval.num_tasks)")
-    parser.add_argument("--num-steps", type=non_negative, help="evaluate after 0..k inner steps (default: eval.num_steps)")
-    parser.add_argument("--episodes", type=positive,
-                        help="trajectories per task and inner step in evaluation (default: eval.episodes_per_step)")
-    parser.add_argument("--precise-tasks", type=non_negative, default=400,
-                        help="also evaluate on this many other fresh tasks for a tighter CI (0: skip; default 400)")
+    parser.add_argument(
+        "--num-steps", type=non_negative, help="evaluate after 0..k inner steps (default: eval.num_steps)"
+    )
+    parser.add_argument(
+        "--episodes",
+        type=positive,
+        help="trajectories per task and inner step in evaluation (default: eval.episodes_per_step)",
+    )
+    parser.add_argument(
+        "--precise-tasks",
+        type=non_negative,
+        default=400,
+        help="also evaluate on this many other fresh tasks for a tighter CI (0: skip; default 400)",
+    )
     parser.add_argument("--skip-training", action="store_true", help="only evaluate the run directory's checkpoint")
     add_results(parser, "<run-dir>/results")
     add_progress(parser)
@@ -83,8 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def overrides(args: argparse.Namespace) -> list[str]:
     """``--set`` plus the flags that are config keys."""
-    pairs = [("train.iterations", args.iterations), ("train.seed", args.seed), ("eval.num_tasks", args.num_tasks),
-             ("eval.num_steps", args.num_steps), ("eval.episodes_per_step", args.episodes)]
+    pairs = [
+        ("train.iterations", args.iterations),
+        ("train.seed", args.seed),
+        ("eval.num_tasks", args.num_tasks),
+        ("eval.num_steps", args.num_steps),
+        ("eval.episodes_per_step", args.episodes),
+    ]
     return [*args.set, *(f"{key}={value}" for key, value in pairs if value is not None)]
 
 
@@ -114,8 +132,10 @@ def run(args: argparse.Namespace) -> int:
     data: dict[str, Any] = {"results": results}
     if args.precise_tasks:
         seed = config.eval.seed + 1  # an independent draw of tasks
-        precise = {label: evaluate_adaptation(policy, config, num_tasks=args.precise_tasks, seed=seed)
-                   for label, policy in policies.items()}
+        precise = {
+            label: evaluate_adaptation(policy, config, num_tasks=args.precise_tasks, seed=seed)
+            for label, policy in policies.items()
+        }
         md.append(protocol_section(config, precise, args.precise_tasks, seed))
         data["results_precise"] = precise
     wall_line = f"{wall:.0f} s" if wall is not None else "n/a (evaluated an existing run)"
@@ -129,8 +149,14 @@ def run(args: argparse.Namespace) -> int:
     )
     text = "\n".join(md)
     print(text)
-    data.update(timing=timing, wall_s=wall, iterations=checkpoint.iteration, run_dir=str(run_dir),
-                paper=rl_reference(config.env.id, horizon(config.env)), target_step1=ONE_STEP_TARGETS.get(config.env.id))
+    data.update(
+        timing=timing,
+        wall_s=wall,
+        iterations=checkpoint.iteration,
+        run_dir=str(run_dir),
+        paper=rl_reference(config.env.id, horizon(config.env)),
+        target_step1=ONE_STEP_TARGETS.get(config.env.id),
+    )
     out = args.results or run_dir / "results"
     md_path, js_path = write_results(out, name, text, data, command=command_line(MODULE, args.argv))
     log(f"wrote {md_path}, {js_path}")

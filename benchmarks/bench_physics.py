@@ -20,25 +20,28 @@ actions drawn from it, the episodes block assembled) over
 
 Throughput is env steps per second (an env step is ``frame_skip`` physics steps). For envs
 that terminate (Ant), (b), (d) and (e) count only the steps of live episodes, (a) also
-simulates the auto-reset episodes and (c) all of them. Prints a markdown table and writes it to
-``results/physics_<env>.md``. Timings on a shared machine are noisy: use ``--repeats`` (the
-best of the interleaved repeats is reported) and compare the ratios, which are measured side by side.
+simulates the auto-reset episodes and (c) all of them. The env id and its kwargs come from
+``--config`` (default ``configs/halfcheetah_vel.yaml``) and ``--set`` (e.g. ``--set
+env.kwargs.frame_skip=5``). Prints a markdown table and writes ``physics_<env>.{md,json}`` to
+``--results`` (default ``runs/bench_physics``). Timings on a shared machine are noisy: use
+``--repeats`` (the best of the interleaved repeats is reported) and compare the ratios, which
+are measured side by side.
 
 Example::
 
-    .venv/bin/python scripts/bench_physics.py --env metarl/HalfCheetahVel-v0
-    .venv/bin/python scripts/bench_physics.py --config configs/halfcheetah_vel.yaml  # the config's env settings
+    python -m benchmarks.bench_physics --config configs/halfcheetah_vel.yaml --repeats 3
+    python -m benchmarks.bench_physics --config configs/ant_vel.yaml --set env.kwargs.frame_skip=5
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import os
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import gymnasium
 import mujoco
@@ -46,68 +49,58 @@ import numpy as np
 import torch
 from mujoco import rollout
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import metarl.envs  # noqa: E402,F401  (registers the metarl/ envs)
-from metarl.config import load_config  # noqa: E402
-from metarl.policy import GaussianMLPPolicy  # noqa: E402
-from metarl.reporting import machine_description  # noqa: E402
-from metarl.sampler import Sampler  # noqa: E402
+from benchmarks.common import CONFIGS, add_results, command_line, log, make_parser, run_main
+from metarl.build import horizon
+from metarl.cli import add_config_flags, non_negative, positive
+from metarl.config import load_config
+from metarl.errors import ConfigError
+from metarl.policy import GaussianMLPPolicy
+from metarl.reporting import machine_description, write_results
+from metarl.sampler import Sampler, resolve_env_id
 
+MODULE = "bench_physics"
 SYNC = "(a) gymnasium SyncVectorEnv"
 CEILING = "(c) mujoco.rollout physics-only ceiling"
 SAMPLER_SYNC = "(d) metarl Sampler on SyncVectorEnv, policy forward included"
 SAMPLER_BATCHED = "(e) metarl Sampler on the batched env, policy forward included"
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--env", default="metarl/HalfCheetahVel-v0", help="registered env id")
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line flags."""
+    parser = make_parser(MODULE, __doc__)
+    add_config_flags(parser)
+    parser.set_defaults(config=CONFIGS / "halfcheetah_vel.yaml")
+    parser.add_argument("--num-tasks", type=positive, default=40, help="tasks of the meta-batch (default 40)")
+    parser.add_argument("--episodes", type=positive, default=20, help="episodes per task (default 20)")
+    parser.add_argument("--horizon", type=positive, help="env steps per episode (default: the config's horizon)")
     parser.add_argument(
-        "--config", type=Path, default=None,
-        help="take the env id and env kwargs from this training config (--env-kwargs items override them)",
+        "--threads",
+        type=positive,
+        default=os.cpu_count() or 1,
+        help="threads of (b)-(e): batched physics and the policy forward (default: all cores)",
     )
-    parser.add_argument("--tasks", type=int, default=40, help="tasks of the meta-batch")
-    parser.add_argument("--episodes-per-task", type=int, default=20, help="episodes per task")
-    parser.add_argument("--steps", type=int, default=200, help="env steps per episode")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads of (b) and (c)")
-    parser.add_argument("--repeats", type=int, default=1, help="timed repeats of each method (best is reported)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the actions and resets")
-    parser.add_argument(
-        "--env-kwargs",
-        nargs="*",
-        default=[],
-        metavar="KEY=VALUE",
-        help="env constructor kwargs for (a) and (b), values as Python literals "
-        "(e.g. include_cfrc_ext_in_observation=False contact_cost_weight=0)",
-    )
-    parser.add_argument("--out", type=Path, default=None, help="output file (default results/physics_<env>.md)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--repeats", type=positive, default=1, help="timed repeats of each method (best is reported)")
+    parser.add_argument("--seed", type=non_negative, default=0, help="seed of the actions and resets")
+    add_results(parser, "runs/bench_physics")
+    parser.add_argument("--name", help="results file stem (default: physics_<env name>)")
+    return parser
+
+
+def resolve(args: argparse.Namespace) -> None:
+    """Fill ``args.env``, ``args.env_kwargs``, ``args.horizon`` and ``args.num_envs`` from the config."""
+    config = load_config(args.config, args.set)
+    args.env = resolve_env_id(config.env.id)
+    args.env_kwargs = dict(config.env.kwargs)
+    args.horizon = args.horizon or horizon(config.env)
+    args.num_envs = args.num_tasks * args.episodes
     try:
-        args.env_kwargs = parse_env_kwargs(args.env_kwargs)
-        if args.config is not None:
-            env = load_config(args.config).env
-            args.env, args.env_kwargs = env.id, {**env.kwargs, **args.env_kwargs}
-    except ValueError as error:  # ConfigError is a ValueError
-        parser.error(str(error))
-    for name in ("tasks", "episodes_per_task", "steps", "threads", "repeats"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    args.num_envs = args.tasks * args.episodes_per_task
-    return args
-
-
-def parse_env_kwargs(items: list[str]) -> dict[str, Any]:
-    """``["key=value", ...]`` as a dict, each value a Python literal."""
-    kwargs = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.isidentifier():
-            raise ValueError(f"--env-kwargs items must be KEY=VALUE, got {item!r}")
-        try:
-            kwargs[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError) as error:
-            raise ValueError(f"--env-kwargs {key}: {value!r} is not a Python literal") from error
-    return kwargs
+        env = gymnasium.make(args.env, **args.env_kwargs)
+    except (gymnasium.error.Error, TypeError) as exc:
+        raise ConfigError(f"cannot make {args.env} with env.kwargs {args.env_kwargs}: {exc}") from None
+    is_mujoco = hasattr(env.unwrapped, "model") and hasattr(env.unwrapped, "frame_skip")
+    env.close()
+    if not is_mujoco:
+        raise ConfigError(f"config key 'env.id': bench_physics measures MuJoCo task envs; {args.env} is not one")
 
 
 def random_actions(space: gymnasium.spaces.Box, steps: int, num_envs: int, seed: int) -> np.ndarray:
@@ -189,23 +182,34 @@ def time_rollout_ceiling(
 
 
 def time_sampler(
-    env_id: str, tasks: int, episodes_per_task: int, steps: int, seed: int, threads: int,
-    env_kwargs: dict[str, Any], vectorization: str,
+    env_id: str,
+    tasks: int,
+    episodes_per_task: int,
+    steps: int,
+    seed: int,
+    threads: int,
+    env_kwargs: dict[str, Any],
+    vectorization: str,
 ) -> tuple[float, int]:
-    """(d)/(e) Seconds for one :meth:`Sampler.collect` of the meta-batch (policy forward included), live steps."""
-    torch.set_num_threads(threads)
+    """(d)/(e) Seconds for one :meth:`Sampler.collect` of the meta-batch (policy forward included), live steps.
+
+    The batched env of (e) steps its physics on ``threads`` threads; the policy forward runs on the
+    sampler's own policy threads, as in training.
+    """
     vector_kwargs = {"num_threads": threads} if vectorization == "native" else {}
-    sampler = Sampler(env_id, tasks, episodes_per_task, steps, env_kwargs, vector_kwargs, vectorization)
+    sampler = Sampler(env_id, tasks, episodes_per_task, steps, env_kwargs, vector_kwargs, vectorization)  # type: ignore[arg-type]
     env = gymnasium.make(env_id, **env_kwargs).unwrapped
     policy = GaussianMLPPolicy(env.observation_space.shape[0], env.action_space.shape[0], (64, 64), "tanh")
     policy.reset_parameters(torch.Generator().manual_seed(seed))
     rng = np.random.default_rng(seed)
-    task_list = env.sample_tasks(tasks, rng)
-    start = time.perf_counter()
-    episodes = sampler.collect(policy, policy.params(), task_list, rng, torch.Generator().manual_seed(seed))
-    elapsed = time.perf_counter() - start
-    sampler.close()
-    env.close()
+    task_list = env.sample_tasks(tasks, rng)  # type: ignore[attr-defined]
+    try:
+        start = time.perf_counter()
+        episodes = sampler.collect(policy, policy.params(), task_list, rng, torch.Generator().manual_seed(seed))
+        elapsed = time.perf_counter() - start
+    finally:
+        sampler.close()
+        env.close()
     return elapsed, int(episodes.mask.sum())
 
 
@@ -223,16 +227,14 @@ def best_rates(measures: dict[str, Callable[[], tuple[float, int]]], repeats: in
 
 
 def markdown_table(args: argparse.Namespace, rates: dict[str, float]) -> str:
-    """The results as a markdown section with the command and the machine."""
+    """The results as a markdown section."""
     sync, ceiling = rates[SYNC], rates[CEILING]
     sampler_sync = rates[SAMPLER_SYNC]
     lines = [
         f"# Physics and sampler throughput: {args.env}",
         "",
-        f"`{' '.join([Path(sys.executable).name, *sys.argv])}`",
-        "",
-        f"{args.tasks} tasks x {args.episodes_per_task} episodes x {args.steps} env steps; (a)-(c) random actions, "
-        f"(d)-(e) a 64x64 tanh policy; {args.threads} thread(s) for (b)-(e), env kwargs "
+        f"{args.num_tasks} tasks x {args.episodes} episodes x {args.horizon} env steps; (a)-(c) random actions, "
+        f"(d)-(e) a 64x64 tanh policy; {args.threads} thread(s) for (b), (c) and the physics of (e), env kwargs "
         f"{args.env_kwargs or 'default'}, best of {args.repeats}; mujoco {mujoco.__version__}, "
         f"gymnasium {gymnasium.__version__}; {machine_description()}.",
         "",
@@ -243,13 +245,14 @@ def markdown_table(args: argparse.Namespace, rates: dict[str, float]) -> str:
         lines.append(
             f"| {name} | {rate:,.0f} | {rate / sync:.2f}x | {rate / sampler_sync:.2f}x | {rate / ceiling:.2f}x |"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    space = gymnasium.make(args.env).action_space
-    actions = random_actions(space, args.steps, args.num_envs, args.seed)
+def run(args: argparse.Namespace) -> int:
+    """Time every method (repeats interleaved), print and write the table."""
+    resolve(args)
+    space = gymnasium.make(args.env, **args.env_kwargs).action_space
+    actions = random_actions(space, args.horizon, args.num_envs, args.seed)
     measures = {
         SYNC: lambda: time_sync(args.env, actions, args.seed, args.env_kwargs),
         "(b) metarl batched env": lambda: time_batched(args.env, actions, args.seed, args.threads, args.env_kwargs),
@@ -257,16 +260,35 @@ def main(argv: list[str] | None = None) -> None:
     }
     for label, mode in ((SAMPLER_SYNC, "sync"), (SAMPLER_BATCHED, "native")):
         measures[label] = lambda mode=mode: time_sampler(
-            args.env, args.tasks, args.episodes_per_task, args.steps, args.seed, args.threads, args.env_kwargs, mode
+            args.env, args.num_tasks, args.episodes, args.horizon, args.seed, args.threads, args.env_kwargs, mode
         )
     rates = best_rates(measures, args.repeats)
     table = markdown_table(args, rates)
     print(table)
-    out = args.out or Path("results") / f"physics_{args.env.split('/')[-1]}.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(table)
-    print(f"written to {out}")
+    name = args.name or f"physics_{args.env.split('/')[-1]}"
+    data = {
+        "env_id": args.env,
+        "env_kwargs": args.env_kwargs,
+        "num_tasks": args.num_tasks,
+        "episodes": args.episodes,
+        "horizon": args.horizon,
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "seed": args.seed,
+        "env_steps_per_s": rates,
+        "mujoco": mujoco.__version__,
+        "gymnasium": gymnasium.__version__,
+    }
+    out = args.results or Path("runs") / "bench_physics"
+    md_path, js_path = write_results(out, name, table, data, command=command_line(MODULE, args.argv))
+    log(f"wrote {md_path}, {js_path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark; returns the exit status (2 and one ``error:`` line for bad input)."""
+    return run_main(build_parser(), run, argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -14,8 +14,10 @@ import argparse
 import shlex
 import sys
 import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
+
+import torch
 
 from metarl.errors import MetarlError
 
@@ -39,8 +41,9 @@ class BenchParser(argparse.ArgumentParser):
 
 def make_parser(module: str, doc: str | None) -> BenchParser:
     """The parser of ``benchmarks.<module>`` with its docstring as help, and ``--debug``."""
-    parser = BenchParser(prog=f"python -m benchmarks.{module}", description=doc,
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = BenchParser(
+        prog=f"python -m benchmarks.{module}", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     return parser
 
@@ -52,9 +55,12 @@ def add_progress(parser: argparse.ArgumentParser) -> None:
 
 def add_results(parser: argparse.ArgumentParser, default: str) -> None:
     """``--results DIR``: where tables and figures go (``default`` describes where they go without it)."""
-    parser.add_argument("--results", type=Path,
-                        help=f"where to write the tables and figures (default: {default}; "
-                        "the repository's results/ only with --results results)")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        help=f"where to write the tables and figures (default: {default}; "
+        "the repository's results/ only with --results results)",
+    )
 
 
 def command_line(module: str, argv: Sequence[str]) -> str:
@@ -65,7 +71,9 @@ def command_line(module: str, argv: Sequence[str]) -> str:
 def run_main(parser: BenchParser, body: Callable[[argparse.Namespace], int], argv: Sequence[str] | None) -> int:
     """Parse ``argv`` and run ``body(args)``; every error a user can cause becomes one ``error:`` line.
 
-    ``args.argv`` holds the arguments (for the recorded command). Returns the exit status.
+    ``args.argv`` holds the arguments (for the recorded command). Returns the exit status. The
+    torch thread count (which training sets from ``train.num_threads``) is restored afterwards,
+    so that calling ``main`` in-process leaves the caller as it was.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -73,6 +81,7 @@ def run_main(parser: BenchParser, body: Callable[[argparse.Namespace], int], arg
     except UsageError as exc:
         return report(str(exc), 2, None)
     args.argv = argv
+    threads = torch.get_num_threads()
     try:
         return body(args)
     except MetarlError as exc:
@@ -81,6 +90,8 @@ def run_main(parser: BenchParser, body: Callable[[argparse.Namespace], int], arg
         return report("interrupted", 130, exc if args.debug else None)
     except (ValueError, FileNotFoundError, PermissionError, NotImplementedError) as exc:
         return report(str(exc) or type(exc).__name__, 2, exc if args.debug else None)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def report(message: str, code: int, exc: BaseException | None) -> int:

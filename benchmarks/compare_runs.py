@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from benchmarks.common import add_results, command_line, log, make_parser, run_main
 from metarl.build import iteration_rngs, task_env
@@ -55,8 +56,10 @@ def task_draws(config: Config, iterations: Sequence[int]) -> str | None:
         env = task_env(config).unwrapped
     except (MetarlError, ValueError):
         return None
-    tasks = [env.sample_tasks(config.maml.meta_batch_size, iteration_rngs(config.train.seed, it)[0])  # type: ignore[attr-defined]
-             for it in iterations]
+    tasks = [
+        env.sample_tasks(config.maml.meta_batch_size, iteration_rngs(config.train.seed, it)[0])  # type: ignore[attr-defined]
+        for it in iterations
+    ]
     env.close()
     return to_json(tasks)
 
@@ -66,22 +69,31 @@ def pairing_problems(a: Config, b: Config, iterations: Sequence[int]) -> list[st
     problems = []
     if a.train.seed != b.train.seed:
         problems.append(f"train.seed differs (A {a.train.seed}, B {b.train.seed})")
-    keys = [("env.id", a.env.id, b.env.id), ("maml.loss", a.maml.loss, b.maml.loss),
-            ("maml.meta_batch_size", a.maml.meta_batch_size, b.maml.meta_batch_size)]
+    keys = [
+        ("env.id", a.env.id, b.env.id),
+        ("maml.loss", a.maml.loss, b.maml.loss),
+        ("maml.meta_batch_size", a.maml.meta_batch_size, b.maml.meta_batch_size),
+    ]
     if a.maml.loss == b.maml.loss == "supervised":
-        keys += [("supervised.shots", a.supervised.shots, b.supervised.shots),
-                 ("supervised.query_size", a.supervised.query_size, b.supervised.query_size)]
+        keys += [
+            ("supervised.shots", a.supervised.shots, b.supervised.shots),
+            ("supervised.query_size", a.supervised.query_size, b.supervised.query_size),
+        ]
     problems += [f"{key} differs (A {va!r}, B {vb!r}), so the task draws differ" for key, va, vb in keys if va != vb]
     if problems:
         return problems
     draws_a, draws_b = task_draws(a, iterations), task_draws(b, iterations)
     if draws_a is None or draws_b is None:
         if a.env.kwargs != b.env.kwargs:
-            problems.append(f"env.kwargs differ (A {a.env.kwargs}, B {b.env.kwargs}) and the task env cannot be "
-                            "built here to check that the task draws agree")
+            problems.append(
+                f"env.kwargs differ (A {a.env.kwargs}, B {b.env.kwargs}) and the task env cannot be "
+                "built here to check that the task draws agree"
+            )
     elif draws_a != draws_b:
-        problems.append(f"the task draws differ (the tasks of iterations {list(iterations)} are not the same; "
-                        f"env.kwargs A {a.env.kwargs}, B {b.env.kwargs})")
+        problems.append(
+            f"the task draws differ (the tasks of iterations {list(iterations)} are not the same; "
+            f"env.kwargs A {a.env.kwargs}, B {b.env.kwargs})"
+        )
     return problems
 
 
@@ -99,8 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--first", type=non_negative, default=0, help="first iteration to compare")
     parser.add_argument("--last", type=non_negative, help="last iteration to compare (default: the last shared)")
     parser.add_argument("--keys", default="meta/return_post,meta/return_pre", help="comma-separated metrics keys")
-    parser.add_argument("--allow-different-seeds", action="store_true",
-                        help="compare runs whose seeds or task draws differ (the table then carries a warning)")
+    parser.add_argument(
+        "--allow-different-seeds",
+        action="store_true",
+        help="compare runs whose seeds or task draws differ (the table then carries a warning)",
+    )
     add_results(parser, "RUN_B/results")
     parser.add_argument("--name", help="results file stem (default: compare_<RUN_A folder name>)")
     return parser
@@ -119,17 +134,26 @@ def run(args: argparse.Namespace) -> int:
     span = next(iter(diffs.values()))
     problems = pairing_problems(config_a, config_b, range(span["first"], span["first"] + CHECKED_DRAWS))
     if problems and not args.allow_different_seeds:
-        raise DifferentRuns(f"{args.run_a} and {args.run_b} are not a paired comparison: {'; '.join(problems)} "
-                            "(pass --allow-different-seeds to compare them anyway)")
+        raise DifferentRuns(
+            f"{args.run_a} and {args.run_b} are not a paired comparison: {'; '.join(problems)} "
+            "(pass --allow-different-seeds to compare them anyway)"
+        )
     lines = [f"# {args.run_b} (B) vs {args.run_a} (A)", ""]
     if problems:
-        warning = ("**WARNING: NOT A PAIRED COMPARISON** (--allow-different-seeds): " + "; ".join(problems)
-                   + ". The runs see different tasks and noise, so B - A mixes the change with the task draw; "
-                   "the standard errors below understate the uncertainty.")
+        warning = (
+            "**WARNING: NOT A PAIRED COMPARISON** (--allow-different-seeds): "
+            + "; ".join(problems)
+            + ". The runs see different tasks and noise, so B - A mixes the change with the task draw; "
+            "the standard errors below understate the uncertainty."
+        )
         lines += [warning, ""]
         log(warning.replace("**", ""))
-    lines += [f"Paired over iterations {span['first']}-{span['last']} ({span['iterations']} shared).", "",
-              "| metric | B - A | standard error |", "|---|---:|---:|"]
+    lines += [
+        f"Paired over iterations {span['first']}-{span['last']} ({span['iterations']} shared).",
+        "",
+        "| metric | B - A | standard error |",
+        "|---|---:|---:|",
+    ]
     lines += [f"| {key} | {d['mean']:+.2f} | {d['se']:.2f} |" for key, d in diffs.items()]
     sec_a = median_seconds(rows_a, span["first"], span["last"])
     sec_b = median_seconds(rows_b, span["first"], span["last"])
@@ -139,9 +163,17 @@ def run(args: argparse.Namespace) -> int:
     print(text)
     out = args.results or args.run_b / "results"
     name = args.name or f"compare_{args.run_a.resolve().name}"
-    data = {"differences": diffs, "seconds_a": sec_a, "seconds_b": sec_b, "run_a": str(args.run_a),
-            "run_b": str(args.run_b), "paired": not problems, "problems": problems,
-            "seed_a": config_a.train.seed, "seed_b": config_b.train.seed}
+    data = {
+        "differences": diffs,
+        "seconds_a": sec_a,
+        "seconds_b": sec_b,
+        "run_a": str(args.run_a),
+        "run_b": str(args.run_b),
+        "paired": not problems,
+        "problems": problems,
+        "seed_a": config_a.train.seed,
+        "seed_b": config_b.train.seed,
+    }
     md_path, js_path = write_results(out, name, text, data, command=command_line(MODULE, args.argv))
     log(f"wrote {md_path}, {js_path}")
     return 0

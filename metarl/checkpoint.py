@@ -13,6 +13,7 @@ import os
 import pickle
 import re
 import tempfile
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,15 +67,34 @@ def save_checkpoint(
     }
     path = directory / f"checkpoint_{iteration:06d}.pt"
     for target in (path, directory / LATEST):
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{target.stem}.", suffix=TEMP_SUFFIX)
-        os.close(fd)
-        try:
-            torch.save(payload, tmp)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        _write_atomically(payload, directory, target)
     return path
+
+
+def _write_atomically(payload: dict[str, Any], directory: Path, target: Path) -> None:
+    """``torch.save`` to a temp file in ``directory``, flush it to disk, then rename it to ``target``.
+
+    A reader (or a writer killed at any point) sees either the complete old file or the complete
+    new one; a killed writer leaves at most a ``.tmp`` file, removed on resume.
+    """
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{target.stem}.", suffix=TEMP_SUFFIX)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    """The process umask (read by setting and restoring it)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def remove_stale_temp_files(directory: Path) -> list[Path]:
@@ -110,15 +130,37 @@ def has_checkpoint(path: Path) -> bool:
 
 
 def read_payload(file: Path) -> dict[str, Any]:
-    """The raw payload of one checkpoint file (tensors and plain data only: ``weights_only=True``)."""
+    """The raw payload of one checkpoint file (tensors and plain data only: ``weights_only=True``).
+
+    Raises :class:`CheckpointError` with one line for a truncated file, a file of another format,
+    or a torch file that is not a metarl checkpoint.
+    """
     try:
-        payload = torch.load(file, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{file} is not a readable metarl checkpoint (truncated or another format: {first})") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": the error below says it all
+            payload = torch.load(file, map_location="cpu", weights_only=True)
+    except IsADirectoryError:
+        raise CheckpointError(f"{file} is a directory, not a checkpoint file") from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {file}: {exc.strerror or exc}") from None
+    except Exception as exc:  # torch.load raises many types for a file that is not one of its own
+        raise CheckpointError(f"{file} is not a readable metarl checkpoint ({_why_unreadable(exc)})") from None
     if not isinstance(payload, dict) or not {"iteration", "policy", "config", "obs_dim", "act_dim"} <= payload.keys():
         raise CheckpointError(f"{file} is not a metarl checkpoint (it lacks the policy, config or iteration)")
     return payload
+
+
+def _why_unreadable(exc: Exception) -> str:
+    """A short reason for a failed ``torch.load``: its messages run to several lines and sentences."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, EOFError) or "central directory" in text or isinstance(exc, zipfile.BadZipFile):
+        return "truncated or corrupt: not a complete torch zip archive"
+    if "Weights only load failed" in text:
+        return "it holds Python objects that weights-only loading refuses, so it was not written by metarl"
+    if isinstance(exc, (KeyError, pickle.UnpicklingError)):
+        return "not a torch file"
+    first = text.split(". ")[0][:200]
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 def _from_payload(file: Path, payload: dict[str, Any]) -> Checkpoint:
@@ -127,30 +169,49 @@ def _from_payload(file: Path, payload: dict[str, Any]) -> Checkpoint:
         config = from_dict(payload["config"])
     except ConfigError as exc:
         raise CheckpointError(f"{file}: its config is not valid for this metarl version ({exc})") from None
-    policy = GaussianMLPPolicy.from_config(config.policy, int(payload["obs_dim"]), int(payload["act_dim"]))
-    policy = policy.to(torch_dtype(config.train.dtype))
     try:
+        policy = GaussianMLPPolicy.from_config(config.policy, int(payload["obs_dim"]), int(payload["act_dim"]))
+        policy = policy.to(torch_dtype(config.train.dtype))
         policy.load_state_dict(payload["policy"])
-    except RuntimeError as exc:
-        raise CheckpointError(f"{file}: the weights do not fit the policy its config describes ({exc})") from None
-    return Checkpoint(file, int(payload["iteration"]), config, policy, payload.get("optimizer"),
-                      dict(payload.get("extra") or {}))
+        iteration = int(payload["iteration"])
+    except (RuntimeError, TypeError, ValueError, AttributeError, KeyError) as exc:
+        reason = " ".join(str(exc).split())[:300]
+        raise CheckpointError(f"{file}: the weights do not fit the policy its config describes ({reason})") from None
+    optimizer = payload.get("optimizer")
+    extra = payload.get("extra") or {}
+    if not isinstance(optimizer, (dict, type(None))) or not isinstance(extra, dict):
+        raise CheckpointError(f"{file} is not a metarl checkpoint (its optimiser or extra state is not a mapping)")
+    return Checkpoint(file, iteration, config, policy, optimizer, dict(extra))
+
+
+def _number(file: Path) -> int | None:
+    """The iteration in a numbered checkpoint's name (``None`` for ``latest.pt`` or another name)."""
+    match = NUMBERED.fullmatch(file.name)
+    return int(match.group(1)) if match else None
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Load a checkpoint file, or the newest readable checkpoint of a run or checkpoints directory.
 
-    Raises :class:`CheckpointError` with one line when there is none, or none is readable.
+    For a directory: ``latest.pt``, unless a numbered checkpoint is newer (a writer killed between
+    the numbered file and ``latest.pt``) or ``latest.pt`` is unreadable; then the newest readable
+    numbered one. Files passed over are listed in :attr:`Checkpoint.skipped`. Raises
+    :class:`CheckpointError` with one line when there is none, or none is readable.
     """
     path = Path(path)
     files = candidates(path)
     if not files:
         if not path.exists():
             raise CheckpointError(f"no checkpoint at {path}: no such file or directory")
-        raise CheckpointError(f"no checkpoint in {path} (looked for {LATEST} and checkpoint_*.pt, "
-                              f"also under {path / 'checkpoints'})")
+        raise CheckpointError(
+            f"no checkpoint in {path} (looked for {LATEST} and checkpoint_*.pt, also under {path / 'checkpoints'})"
+        )
     skipped: list[str] = []
-    for file in files:
+    best: Checkpoint | None = None
+    for file in files:  # latest.pt first, then the numbered ones, newest first
+        number = _number(file)
+        if best is not None and (number is None or number <= best.iteration):
+            break
         try:
             checkpoint = _from_payload(file, read_payload(file))
         except CheckpointError as exc:
@@ -158,6 +219,11 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
                 raise
             skipped.append(str(exc))
             continue
-        checkpoint.skipped = skipped
-        return checkpoint
-    raise CheckpointError(f"no readable checkpoint in {path}: all {len(files)} files failed, newest: {skipped[0]}")
+        if best is None or checkpoint.iteration > best.iteration:
+            best = checkpoint
+        if number is not None:
+            break
+    if best is None:
+        raise CheckpointError(f"no readable checkpoint in {path}: all {len(files)} files failed, newest: {skipped[0]}")
+    best.skipped = skipped
+    return best

@@ -7,8 +7,9 @@ Finn et al. (2017); ``metarl benchmark`` writes it next to its table.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -82,8 +83,14 @@ def plot_adaptation_curves(
         ax.set_ylabel(f"{metric_name(key)} ({CI_LABEL})")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False,
-                  title=f"error bars: {CI_LABEL}", title_fontsize=8)
+        ax.legend(
+            fontsize=8,
+            loc="upper left",
+            bbox_to_anchor=(1.02, 1.0),
+            frameon=False,
+            title=f"error bars: {CI_LABEL}",
+            title_fontsize=8,
+        )
         fig.tight_layout()
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=120, bbox_inches="tight")

@@ -347,3 +347,13 @@ def test_two_iteration_training_smoke_run(tmp_path: Path, config: str) -> None:
     assert all(np.isfinite(r["meta/return_pre"]) and np.isfinite(r["meta/return_post"]) for r in rows)
     assert all(r["trpo/kl"] <= cfg.outer.max_kl * 1.0001 for r in rows)
     assert result.checkpoint.is_file()
+
+
+@pytest.mark.slow
+def test_paper_size_halfcheetahvel_iteration(tmp_path: Path) -> None:
+    """One meta-iteration of the shipped HalfCheetahVel config at the paper's size (40 tasks x 20 x 200 steps)."""
+    cfg = load_config("configs/halfcheetah_vel.yaml", ["train.iterations=1"])
+    train(cfg, tmp_path, progress=False)
+    (row,) = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert row["perf/env_steps_per_s"] > 0 and np.isfinite(row["meta/return_post"])
+    assert 0 < row["trpo/kl"] <= cfg.outer.max_kl * 1.0001

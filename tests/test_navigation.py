@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gymnasium
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ from gymnasium.utils.env_checker import check_env
 import metarl.envs  # noqa: F401
 from metarl.envs.base import check_task_env
 from metarl.envs.navigation import Navigation2DEnv, Navigation2DVectorEnv
+from metarl.errors import ConfigError, EnvError
 from metarl.policy import GaussianMLPPolicy, stack_params
 from metarl.sampler import Sampler, make_task_env
 
@@ -139,5 +142,53 @@ def test_stacked_params_sample_like_shared_params(rng: np.random.Generator) -> N
 def test_env_without_task_protocol_is_rejected() -> None:
     with pytest.raises(TypeError, match="task protocol"):
         check_task_env(gymnasium.make("CartPole-v1"))
-    with pytest.raises(ValueError, match="cannot make environment"):
+    with pytest.raises(ConfigError, match="cannot make environment"):
         make_task_env("metarl/DoesNotExist-v0", 10)
+
+
+def test_env_that_raises_or_returns_nan_is_named(rng: np.random.Generator) -> None:
+    """A failing env stops sampling with one EnvError line naming the env id, the task and the step."""
+    policy = GaussianMLPPolicy(2, 2, (4,), "tanh")
+    policy.reset_parameters(torch.Generator().manual_seed(0))
+    sampler = Sampler("metarl/Navigation2D-v0", 2, 2, 5, vectorization="sync")
+    tasks = Navigation2DEnv().sample_tasks(2, rng)
+
+    def raising_step(self, action):  # type: ignore[no-untyped-def]
+        raise RuntimeError("simulator exploded")
+
+    original = Navigation2DEnv.step
+    Navigation2DEnv.step = raising_step  # type: ignore[method-assign]
+    try:
+        with pytest.raises(EnvError, match=r"metarl/Navigation2D-v0 raised in step .*task \{.*simulator exploded"):
+            sampler.collect(policy, policy.params(), tasks, rng, torch.Generator().manual_seed(0))
+    finally:
+        Navigation2DEnv.step = original  # type: ignore[method-assign]
+
+    def nan_step(self, action):  # type: ignore[no-untyped-def]
+        obs, reward, terminated, truncated, info = original(self, action)
+        return obs * np.nan, reward, terminated, truncated, info
+
+    Navigation2DEnv.step = nan_step  # type: ignore[method-assign]
+    try:
+        with pytest.raises(EnvError, match=r"non-finite observation at episode step 1 \(task \{'goal_x'"):
+            sampler.collect(policy, policy.params(), tasks, rng, torch.Generator().manual_seed(0))
+    finally:
+        Navigation2DEnv.step = original  # type: ignore[method-assign]
+    sampler.close()
+
+
+@pytest.mark.slow
+def test_maml_learns_2d_navigation(tmp_path: Path) -> None:
+    """40 paper-size meta-iterations: adaptation helps, and the meta-trained init adapts better than a random one."""
+    from metarl.build import build_policy
+    from metarl.config import load_config
+    from metarl.evaluation import evaluate_adaptation
+    from metarl.trainer import train
+
+    config = load_config("configs/navigation2d.yaml", ["train.iterations=40", "train.num_threads=1"])
+    result = train(config, tmp_path, progress=False)
+    trained = evaluate_adaptation(result.policy, config, num_tasks=40, num_steps=1, episodes_per_step=20)
+    random = evaluate_adaptation(build_policy(config, 2, 2), config, num_tasks=40, num_steps=1, episodes_per_step=20)
+    step1 = trained["steps"][1]
+    assert step1["mean_return"] > trained["steps"][0]["mean_return"] + step1["ci95"]
+    assert step1["mean_return"] > random["steps"][1]["mean_return"] + 10
