@@ -6,7 +6,6 @@ Importing this package registers every env (single form and natively vectorised 
 from __future__ import annotations
 
 import gymnasium
-
 from metarl.envs.base import Task, TaskEnv, TaskVectorEnv, check_task_env
 
 
@@ -20,12 +19,27 @@ def _register(env_id: str, entry_point: str, vector_entry_point: str, max_episod
         )
 
 
-_register("metarl/Navigation2D-v0", "metarl.envs.navigation:Navigation2DEnv", "metarl.envs.navigation:Navigation2DVectorEnv", 100)
+_register(
+    "metarl/Navigation2D-v0",
+    "metarl.envs.navigation:Navigation2DEnv",
+    "metarl.envs.navigation:Navigation2DVectorEnv",
+    100,
+)
 
 __all__ = ["Task", "TaskEnv", "TaskVectorEnv", "check_task_env"]
 
-_register("metarl/HalfCheetahVel-v0", "metarl.envs.locomotion:HalfCheetahVelEnv", "metarl.envs.locomotion:HalfCheetahVelVectorEnv", 200)
-_register("metarl/HalfCheetahDir-v0", "metarl.envs.locomotion:HalfCheetahDirEnv", "metarl.envs.locomotion:HalfCheetahDirVectorEnv", 200)
+_register(
+    "metarl/HalfCheetahVel-v0",
+    "metarl.envs.locomotion:HalfCheetahVelEnv",
+    "metarl.envs.locomotion:HalfCheetahVelVectorEnv",
+    200,
+)
+_register(
+    "metarl/HalfCheetahDir-v0",
+    "metarl.envs.locomotion:HalfCheetahDirEnv",
+    "metarl.envs.locomotion:HalfCheetahDirVectorEnv",
+    200,
+)
 _register("metarl/AntVel-v0", "metarl.envs.locomotion:AntVelEnv", "metarl.envs.locomotion:AntVelVectorEnv", 200)
 _register("metarl/AntDir-v0", "metarl.envs.locomotion:AntDirEnv", "metarl.envs.locomotion:AntDirVectorEnv", 200)
 _register("metarl/Sinusoid-v0", "metarl.envs.sinusoid:SinusoidEnv", "metarl.envs.sinusoid:SinusoidVectorEnv", 1)

@@ -15,7 +15,8 @@ through the vector API as for any gymnasium vector env: ``set_attr("task", tasks
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import gymnasium
 import numpy as np

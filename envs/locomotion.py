@@ -41,15 +41,15 @@ need one ``MjData`` per episode).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping, Protocol, Sequence
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 from gymnasium import utils
 from gymnasium.envs.mujoco.ant_v5 import AntEnv
 from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
 from gymnasium.utils import seeding
-
 from metarl.envs.base import Task, TaskVectorEnv, episode_seeds
 from metarl.envs.mujoco_batch import BatchPhysics, PerEnvPhysics, resolve_num_threads
 
@@ -448,7 +448,10 @@ class _LocomotionVectorEnv(TaskVectorEnv):
         return self._observe(), self._position_info()
 
     def step(self, actions: np.ndarray):
-        """Step every running sub-episode with ``actions[i]`` (``[num_envs, act_dim]``; clipped only with ``clip_actions``)."""
+        """Step every running sub-episode with ``actions[i]`` (``[num_envs, act_dim]``).
+
+        Actions are clipped only with ``clip_actions``.
+        """
         if self._needs_reset:
             raise RuntimeError(f"{type(self).__name__}.step called before reset")
         actions = np.asarray(actions)

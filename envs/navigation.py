@@ -15,12 +15,12 @@ sampler / ``max_episode_steps``.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import gymnasium
 import numpy as np
 from gymnasium import spaces
-
 from metarl.envs.base import Task, TaskVectorEnv
 
 

@@ -19,13 +19,13 @@ float64), so the reward is a function of ``(observation, action)``. For supervis
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import gymnasium
 import numpy as np
 from gymnasium import spaces
 from gymnasium.utils import seeding
-
 from metarl.envs.base import Task, TaskVectorEnv, episode_seeds
 
 
@@ -59,15 +59,20 @@ class SinusoidEnv(gymnasium.Env):
         x_high: float = 5.0,
         action_bound: float = 10.0,
     ) -> None:
-        for name, low, high in (("amplitude", amplitude_low, amplitude_high), ("phase", phase_low, phase_high),
-                                ("x", x_low, x_high)):
+        for name, low, high in (
+            ("amplitude", amplitude_low, amplitude_high),
+            ("phase", phase_low, phase_high),
+            ("x", x_low, x_high),
+        ):
             if not (math.isfinite(low) and math.isfinite(high) and low < high):
                 raise ValueError(f"{name}_low ({low}) must be < {name}_high ({high}), both finite")
         if amplitude_low < 0:
             raise ValueError(f"amplitude_low must be >= 0, got {amplitude_low}")
         if not action_bound >= amplitude_high:
-            raise ValueError(f"action_bound ({action_bound}) must be >= amplitude_high ({amplitude_high}) "
-                             "so that every target is a valid action")
+            raise ValueError(
+                f"action_bound ({action_bound}) must be >= amplitude_high ({amplitude_high}) "
+                "so that every target is a valid action"
+            )
         self.amplitude_low, self.amplitude_high = float(amplitude_low), float(amplitude_high)
         self.phase_low, self.phase_high = float(phase_low), float(phase_high)
         self.x_low, self.x_high = float(x_low), float(x_high)

@@ -52,8 +52,10 @@ def horizon_notice(env: EnvConfig) -> str | None:
     registered = registered_horizon(env.id)
     if registered is None or registered == env.horizon:
         return None
-    return (f"note: env.horizon={env.horizon} overrides {env.id}'s registered max_episode_steps={registered} "
-            "(episodes are cut or extended to env.horizon steps)")
+    return (
+        f"note: env.horizon={env.horizon} overrides {env.id}'s registered max_episode_steps={registered} "
+        "(episodes are cut or extended to env.horizon steps)"
+    )
 
 
 def task_env(config: Config) -> gymnasium.Env:

@@ -151,15 +151,16 @@ def cmd_evaluate(args: argparse.Namespace, log: Callable[[str], None]) -> int:
 
 
 def cmd_render(args: argparse.Namespace, log: Callable[[str], None]) -> int:
-    """Render the run's policy before and after each inner step."""
+    """Render the run's policy before and after each inner step; print each task's return (or MSE) per step."""
     os.environ.setdefault("MUJOCO_GL", "egl")
-    from metarl.render import render_checkpoint
+    from metarl.render import format_task, render_checkpoint
 
     result = render_checkpoint(args.run_dir, args.results, args.task, args.num_steps, args.num_tasks, args.episodes,
                                args.seed, args.stochastic, args.gif, *args.size)
-    for task, returns in zip(result.tasks, result.returns):
-        cells = " / ".join(f"{r:.2f}" for r in returns)
-        print(f"task {task}: after 0..{len(returns) - 1} steps ({result.actions}): {cells}")
+    for task, values in zip(result.tasks, result.values):
+        cells = " / ".join(f"{v:.2f}" for v in values)
+        print(f"task {format_task(task)}: {result.metric} after 0..{len(values) - 1} steps ({result.actions}): "
+              f"{cells}")
     for path in result.files:
         print(f"wrote {path}")
     return 0
@@ -169,9 +170,10 @@ def cmd_benchmark(args: argparse.Namespace, log: Callable[[str], None]) -> int:
     """MAML against the pretrained, random-init and oracle baselines on the same fresh tasks."""
     import shlex
 
-    from metarl.baselines import BenchmarkProtocol, SB3Settings, parse_methods, report_markdown, run_benchmark
+    from metarl.baselines import SB3Settings
+    from metarl.benchmark import BenchmarkProtocol, parse_methods, report_markdown, run_benchmark
     from metarl.evaluation import markdown_table
-    from metarl.render import plot_adaptation_curves
+    from metarl.plots import plot_adaptation_curves
     from metarl.reporting import env_slug, write_results
 
     methods = parse_methods(args.methods) if args.methods else None
@@ -183,9 +185,8 @@ def cmd_benchmark(args: argparse.Namespace, log: Callable[[str], None]) -> int:
     results = args.results or cache.parent / "benchmark"
     name = args.name or f"benchmark_{env_slug(data['env_id'])}"
     figure = results / f"{name}.png"
-    flat = [n for n, r in data["methods"].items() if not r["adapted"]]
     plot_adaptation_curves(data["methods"], figure, f"{data['env_id']}: return vs gradient steps "
-                           f"({data['protocol']['num_tasks']} tasks)", flat, data["paper_reference"])
+                           f"({data['protocol']['num_tasks']} tasks)", reference=data["paper_reference"])
     command = "metarl " + " ".join(shlex.quote(a) for a in args.argv)
     data["command"] = command
     data["figure"] = str(figure)

@@ -49,7 +49,7 @@ class Episodes:
         """Undiscounted return of every episode, ``[n, B]``."""
         return (self.rewards * self.mask).sum(0)
 
-    def subsample(self, episodes_per_task: int) -> "Episodes":
+    def subsample(self, episodes_per_task: int) -> Episodes:
         """The first ``episodes_per_task`` episodes of every task (a view, no copy)."""
         cut = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         return Episodes(**{k: None if v is None else v[:, :, :episodes_per_task] for k, v in cut.items()})  # type: ignore[arg-type]
@@ -60,7 +60,7 @@ class Episodes:
             raise ValueError("episodes have no advantages: run metarl.advantages.process first")
         return self.advantages
 
-    def with_advantages(self, returns: Tensor, advantages: Tensor) -> "Episodes":
+    def with_advantages(self, returns: Tensor, advantages: Tensor) -> Episodes:
         """A copy with discounted returns and advantages attached."""
         return dataclasses.replace(self, returns=returns, advantages=advantages)
 

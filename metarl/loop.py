@@ -12,24 +12,32 @@ the last checkpoint that exists).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
 import shutil
 import signal
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 import yaml
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from metarl.checkpoint import has_checkpoint, load_checkpoint, remove_stale_temp_files, save_checkpoint
+from metarl.checkpoint import (
+    TEMP_SUFFIX,
+    has_checkpoint,
+    load_checkpoint,
+    remove_stale_temp_files,
+    save_checkpoint,
+)
 from metarl.config import Config, to_dict
 from metarl.errors import CheckpointError, ConfigError, EnvError, MetarlError, RunDirError, TrainingDiverged
 from metarl.policy import GaussianMLPPolicy
@@ -111,45 +119,53 @@ def clear_run(run_dir: Path) -> None:
         event.unlink()
 
 
-def _pid_alive(pid: int) -> bool:
+def _read_pid(fd: int) -> int:
+    """The pid written in an open lock file (0 if none)."""
+    os.lseek(fd, 0, os.SEEK_SET)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        return int(os.read(fd, 32).decode().strip() or "0")
+    except ValueError:
+        return 0
 
 
 @contextmanager
 def run_lock(run_dir: Path, log: Log) -> Iterator[None]:
-    """Hold ``run_dir/.lock`` (this process's pid) for the block; a live holder is an error, a dead one's
-    stale lock is taken over with a notice."""
+    """Hold ``run_dir/.lock`` for the block: an exclusive ``flock`` with this process's pid written in it.
+
+    The kernel releases the lock when its holder dies (even by kill -9), so a lock file left behind
+    is stale by construction: it is taken over with a notice naming the dead holder's pid. A live
+    holder makes this an error naming its pid (no pid-reuse false positives, unlike a pid check).
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = run_dir / LOCK
-    for _ in range(2):
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                pid = int(lock.read_text().strip() or "0")
-            except (OSError, ValueError):
-                pid = 0
-            if pid and pid != os.getpid() and _pid_alive(pid):
-                raise RunDirError(f"run directory {run_dir} is being written by process {pid} "
-                                  f"(lock file {lock}); wait for it or use another --run-dir") from None
-            log(f"note: taking over the stale lock of process {pid or 'unknown'} in {run_dir}")
-            lock.unlink(missing_ok=True)
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
-        break
-    else:
-        raise RunDirError(f"cannot take the lock {lock}")
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = _read_pid(fd)
+            os.close(fd)
+            raise RunDirError(
+                f"run directory {run_dir} is being written by process {holder or 'unknown'} (lock file {lock}); "
+                "wait for it to finish or use another --run-dir"
+            ) from None
+        try:  # the previous holder may have removed the file between our open and our flock: retry then
+            if os.fstat(fd).st_ino == os.stat(lock).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    previous = _read_pid(fd)
+    if previous and previous != os.getpid():
+        log(f"note: took over the stale lock {lock} of process {previous}, which is no longer running")
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.write(fd, str(os.getpid()).encode())
     try:
         yield
     finally:
         lock.unlink(missing_ok=True)
+        os.close(fd)
 
 
 # --------------------------------------------------------------------------- metrics
@@ -160,7 +176,7 @@ def read_metrics_rows(path: Path, log: Log | None = None) -> list[dict[str, Any]
     a bad line elsewhere is an error naming the file and line."""
     if not path.is_file():
         return []
-    lines = path.read_text().splitlines()
+    lines = path.read_text(errors="replace").splitlines()
     rows: list[dict[str, Any]] = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -222,8 +238,13 @@ class _StopRequest:
         if self.signum is not None:
             raise KeyboardInterrupt
         self.signum = signum
-        self.log(f"\n{signal.Signals(signum).name}: stopping after the current iteration "
-                 "(send it again to abandon the iteration)")
+        try:
+            self.log(
+                f"\n{signal.Signals(signum).name}: stopping after the current iteration "
+                "(send it again to abandon the iteration)"
+            )
+        except RuntimeError:  # the signal arrived inside a write to the same stream (reentrant call)
+            pass
 
     def __enter__(self) -> _StopRequest:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -248,18 +269,22 @@ def param_norm(policy: GaussianMLPPolicy) -> float:
 
 
 def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse a directory holding another run unless resuming or overwriting; clear it for ``overwrite``."""
+    """Checks that need no lock: flags that contradict, a path that is a file, nothing to resume."""
     if resume and overwrite:
         raise RunDirError("--resume and --overwrite contradict each other: choose one")
-    if resume:
-        if not has_checkpoint(run_dir):
-            raise RunDirError(f"nothing to resume in {run_dir}: no checkpoint there "
-                              "(start a new run without --resume)")
-        return
-    if run_dir.exists() and holds_run(run_dir):
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"run directory {run_dir} is a file, not a directory")
+    if resume and not (has_checkpoint(run_dir) or (run_dir / "config.yaml").is_file()):
+        raise RunDirError(f"nothing to resume in {run_dir}: it holds no run (start a new run without --resume)")
+
+
+def claim_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """Under the lock: refuse a directory holding another run unless overwriting; clear it for ``overwrite``."""
+    if holds_run(run_dir):
         if not overwrite:
-            raise RunDirError(f"run directory {run_dir} already holds a run; continue it with --resume, "
-                              "or replace it with --overwrite")
+            raise RunDirError(
+                f"run directory {run_dir} already holds a run; continue it with --resume, or replace it with --overwrite"
+            )
         clear_run(run_dir)
 
 
@@ -274,20 +299,31 @@ def run_training(
 ) -> TrainResult:
     """Meta-train ``algorithm`` for ``train.iterations`` iterations, writing everything under ``run_dir``.
 
-    With ``resume``, continue from the newest readable checkpoint in ``run_dir``: iteration
-    ``it`` draws from generators derived from ``(seed, it)``, so the resumed run follows the
-    uninterrupted one exactly (same thread count). Raises :class:`TrainingDiverged` (exit 3)
-    for a non-finite value or exploding parameters, :class:`Interrupted` after SIGINT/SIGTERM
-    (a checkpoint of the last completed iteration is written first).
+    With ``resume``, continue from the newest readable checkpoint in ``run_dir`` (from iteration 0
+    if the run stopped before its first checkpoint): iteration ``it`` draws from generators derived
+    from ``(seed, it)``, so the resumed run follows the uninterrupted one exactly (same thread
+    count). Raises :class:`TrainingDiverged` (exit 3) for a non-finite value or exploding
+    parameters, :class:`Interrupted` after SIGINT/SIGTERM (a checkpoint of the last completed
+    iteration is written first), :class:`RunDirError` for a directory that holds another run or
+    that another process is writing.
     """
     run_dir = Path(run_dir)
-    prepare_run_dir(run_dir, resume, overwrite)
-    ckpt_dir = run_dir / "checkpoints"
-    with run_lock(run_dir, log):
-        try:
-            return _train_locked(config, run_dir, ckpt_dir, algorithm, resume, progress, log)
-        finally:
-            algorithm.close()
+    try:
+        prepare_run_dir(run_dir, resume, overwrite)
+        with run_lock(run_dir, log):
+            if not resume:
+                claim_run_dir(run_dir, overwrite)
+            return _train_locked(config, run_dir, run_dir / "checkpoints", algorithm, resume, progress, log)
+    finally:
+        algorithm.close()
+
+
+def _write_config(run_dir: Path, config: Config) -> None:
+    """Write the resolved ``config.yaml`` atomically (a kill never leaves half a config to resume from)."""
+    path = run_dir / "config.yaml"
+    tmp = path.with_name(f".{path.name}{TEMP_SUFFIX}")
+    tmp.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    os.replace(tmp, path)
 
 
 def _train_locked(
@@ -298,14 +334,19 @@ def _train_locked(
     if resume:
         for stale in remove_stale_temp_files(ckpt_dir):
             log(f"note: removed a partial checkpoint left by a killed writer: {stale.name}")
-        checkpoint = load_checkpoint(run_dir)
-        for line in checkpoint.skipped:
-            log(f"note: skipped unreadable checkpoint: {line}")
-        _restore(algorithm, checkpoint.policy.state_dict(), checkpoint.optimizer, checkpoint.extra, checkpoint.path)
-        start, last = checkpoint.iteration, checkpoint.path
-        log(f"resuming from {checkpoint.path} (iteration {start})")
+        if has_checkpoint(run_dir):
+            checkpoint = load_checkpoint(run_dir)
+            for line in checkpoint.skipped:
+                log(f"note: skipped unreadable checkpoint: {line}")
+            _restore(algorithm, checkpoint.policy.state_dict(), checkpoint.optimizer, checkpoint.extra, checkpoint.path)
+            start, last = checkpoint.iteration, checkpoint.path
+            log(f"resuming from {checkpoint.path} (iteration {start})")
+        else:
+            log(
+                f"note: {run_dir} has no checkpoint yet (the run stopped before its first one): starting at iteration 0"
+            )
         truncate_metrics(run_dir, start, log)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    _write_config(run_dir, config)
 
     def save(done: int) -> Path:
         return save_checkpoint(ckpt_dir, algorithm.policy, config, done, algorithm.optimizer, algorithm.extra_state())
@@ -313,34 +354,54 @@ def _train_locked(
     t = config.train
     if start >= t.iterations:
         return TrainResult(run_dir, last or save(start), algorithm.policy, start)
-    writer = SummaryWriter(str(run_dir), purge_step=start if start > 0 else None)
+    # purge_step: TensorBoard drops the steps >= start that the earlier process logged (no duplicates)
+    writer = SummaryWriter(str(run_dir), purge_step=start if resume else None)
     if start == 0:
         writer.add_text("hyperparameters", describe_values(config))
-    bar = tqdm(range(start, t.iterations), initial=start, total=t.iterations, unit="it",
-               desc=f"meta-train {algorithm.name}", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        range(start, t.iterations),
+        initial=start,
+        total=t.iterations,
+        unit="it",
+        desc=f"meta-train {algorithm.name}",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     last_save = time.monotonic()
     done = start
+    stop = _StopRequest(log)
     try:
-        with _StopRequest(log) as stop:
+        with stop:
             for it in bar:
                 metrics = _one_iteration(algorithm, it, last, config)
                 done = it + 1
                 if metrics is not None:
                     log_metrics(writer, run_dir, it, metrics)
-                    bar.set_postfix({label: f"{metrics[key]:.3g}" for key, label in algorithm.progress_keys.items()
-                                     if key in metrics})
-                due = (done == start + 1 or done % t.checkpoint_every == 0 or done == t.iterations
-                       or time.monotonic() - last_save >= 60 * t.checkpoint_minutes or stop.signum is not None)
+                    labels = algorithm.progress_keys.items()
+                    bar.set_postfix({label: f"{metrics[key]:.3g}" for key, label in labels if key in metrics})
+                signum = stop.signum  # read once: a signal arriving below is handled after the next iteration
+                due = (
+                    done == start + 1
+                    or done % t.checkpoint_every == 0
+                    or done == t.iterations
+                    or time.monotonic() - last_save >= 60 * t.checkpoint_minutes
+                    or signum is not None
+                )
                 if due:
                     last, last_save = save(done), time.monotonic()
-                if stop.signum is not None:
+                if signum is not None and done < t.iterations:
                     raise Interrupted(
-                        f"interrupted ({signal.Signals(stop.signum).name}) after iteration {done}; checkpoint {last}; "
-                        f"continue with: metarl train --run-dir {run_dir} --resume", stop.signum)
+                        f"interrupted ({signal.Signals(signum).name}) after iteration {done}; checkpoint {last}; "
+                        f"continue with: metarl train --run-dir {run_dir} --resume",
+                        signum,
+                    )
     except KeyboardInterrupt:
         where = f"the last checkpoint is {last}" if last else "no checkpoint was written"
-        raise Interrupted(f"interrupted during iteration {done}, which was abandoned; {where}",
-                          signal.SIGINT) from None
+        raise Interrupted(
+            f"interrupted during iteration {done}, which was abandoned; {where}; "
+            f"continue with: metarl train --run-dir {run_dir} --resume",
+            stop.signum or signal.SIGINT,
+        ) from None
     finally:
         bar.close()
         writer.close()
@@ -356,12 +417,16 @@ def _restore(
         algorithm.policy.load_state_dict(weights)
     except RuntimeError:
         shapes = {k: tuple(v.shape) for k, v in weights.items()}
-        raise ConfigError(f"the config's policy does not match the checkpoint {path} (its parameters: {shapes}); "
-                          "resume with the run's own config.yaml") from None
+        raise ConfigError(
+            f"the config's policy does not match the checkpoint {path} (its parameters: {shapes}); "
+            "resume with the run's own config.yaml"
+        ) from None
     if algorithm.optimizer is not None:
         if optimizer is None:
-            raise CheckpointError(f"{path} has no optimiser state, which {algorithm.name} needs to resume "
-                                  "(it was written by a run without one)")
+            raise CheckpointError(
+                f"{path} has no optimiser state, which {algorithm.name} needs to resume "
+                "(it was written by a run without one)"
+            )
         try:
             algorithm.optimizer.load_state_dict(optimizer)
         except (ValueError, KeyError) as exc:
@@ -384,6 +449,8 @@ def _one_iteration(algorithm: Algorithm, it: int, last: Path | None, config: Con
             raise TrainingDiverged(f"iteration {it}: non-finite {', '.join(sorted(bad))}; stopped, {where}")
     norm = param_norm(algorithm.policy)
     if not math.isfinite(norm) or norm > config.outer.max_param_norm:
-        raise TrainingDiverged(f"iteration {it}: the meta-update made the parameters explode (L2 norm {norm:.3g} > "
-                               f"outer.max_param_norm={config.outer.max_param_norm:g}); stopped, {where}")
+        raise TrainingDiverged(
+            f"iteration {it}: the meta-update made the parameters explode (L2 norm {norm:.3g} > "
+            f"outer.max_param_norm={config.outer.max_param_norm:g}); stopped, {where}"
+        )
     return metrics

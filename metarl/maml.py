@@ -8,16 +8,18 @@ loop over tasks anywhere here.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Literal, Sequence
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from metarl.envs.base import Task
 from metarl.advantages import process
+from metarl.envs.base import Task
 from metarl.episodes import Episodes, masked_task_mean, task_major
+
 if TYPE_CHECKING:
     from metarl.sampler import Sampler
 from metarl.policy import GaussianMLPPolicy, Params, detach_params, is_stacked, kl_divergence, log_prob, stack_params
@@ -34,9 +36,7 @@ def inner_update(params: Params, grads: Sequence[Tensor], lr: float) -> Params:
     return {k: p - lr * g for (k, p), g in zip(params.items(), grads)}
 
 
-def adapt(
-    loss_fn: InnerLoss, params: Params, num_tasks: int, lrs: Sequence[float], first_order: bool
-) -> Params:
+def adapt(loss_fn: InnerLoss, params: Params, num_tasks: int, lrs: Sequence[float], first_order: bool) -> Params:
     """Run ``len(lrs)`` inner gradient steps from ``params`` for all tasks at once; return stacked params.
 
     ``params`` may be shared (they are expanded to ``num_tasks`` copies) or already stacked.
@@ -57,7 +57,10 @@ def adapt(
 
 
 def inner_step_sizes(inner_lr: float, num_steps: int, decay_after_first: bool = False) -> list[float]:
-    """Step sizes for ``num_steps`` inner steps: ``inner_lr`` each, or (evaluation protocol) ``inner_lr/2`` after the first."""
+    """Step sizes for ``num_steps`` inner steps.
+
+    ``inner_lr`` each, or (the evaluation protocol, ``decay_after_first``) ``inner_lr/2`` after the first.
+    """
     return [inner_lr if (k == 0 or not decay_after_first) else inner_lr / 2 for k in range(num_steps)]
 
 
@@ -114,7 +117,10 @@ def surrogate_loss(policy: GaussianMLPPolicy, adapted: Params, episodes: Episode
 def surrogate_and_old_policy(
     policy: GaussianMLPPolicy, adapted: Params, episodes: Episodes
 ) -> tuple[Tensor, OldPolicy]:
-    """:func:`surrogate_loss` at the sampling parameters (ratio 1) and the :func:`old_policy` snapshot, in one forward."""
+    """:func:`surrogate_loss` at the sampling parameters (ratio 1) and the :func:`old_policy` snapshot.
+
+    One forward pass gives both.
+    """
     logp, mean, log_std = log_probs(policy, adapted, episodes)
     old = OldPolicy(logp.detach(), mean.detach(), log_std.detach())
     return _surrogate(logp, old.log_probs, episodes), old
@@ -164,7 +170,9 @@ def adapt_on_batch(
 ) -> Params:
     """Re-run the meta-batch's inner loop from ``params`` (differentiably unless ``first_order``)."""
     lrs = inner_step_sizes(settings.inner_lr, len(batch.train))
-    return adapt(rl_inner_loss(policy, batch.train, settings.inner_estimator), params, len(batch.tasks), lrs, first_order)
+    return adapt(
+        rl_inner_loss(policy, batch.train, settings.inner_estimator), params, len(batch.tasks), lrs, first_order
+    )
 
 
 def sample_meta_batch(
@@ -194,6 +202,8 @@ def sample_meta_batch(
             current = detach_params(adapt(loss_fn, current, len(tasks), [lrs[step]], first_order=True))
             bad = [name for name, value in current.items() if not torch.isfinite(value).all()]
             if bad:
-                raise FloatingPointError(f"inner step {step + 1} made the adapted parameters non-finite ({', '.join(bad)}; "
-                                         f"maml.inner_lr={lrs[step]:g} too large?)")
+                raise FloatingPointError(
+                    f"inner step {step + 1} made the adapted parameters non-finite ({', '.join(bad)}; "
+                    f"maml.inner_lr={lrs[step]:g} too large?)"
+                )
     return MetaBatch(list(tasks), sets[:-1], sets[-1]), used

@@ -6,10 +6,14 @@ Read off the paper's figures (±10%); used by the benchmarks and the benchmark f
 from __future__ import annotations
 
 RL_RETURNS: dict[tuple[str, int], dict[str, list[float]]] = {
-    ("metarl/Navigation2D-v0", 100): {"MAML (paper)": [-39, -11, -3.3, -3.1],
-                                      "pretrained (paper)": [-40, -20, -12, -8]},
-    ("metarl/HalfCheetahVel-v0", 200): {"MAML (paper)": [-129, -78, -67, -61],
-                                        "pretrained (paper)": [-158, -136, -128, -134]},
+    ("metarl/Navigation2D-v0", 100): {
+        "MAML (paper)": [-39, -11, -3.3, -3.1],
+        "pretrained (paper)": [-40, -20, -12, -8],
+    },
+    ("metarl/HalfCheetahVel-v0", 200): {
+        "MAML (paper)": [-129, -78, -67, -61],
+        "pretrained (paper)": [-158, -136, -128, -134],
+    },
     ("metarl/AntVel-v0", 200): {"MAML (paper)": [31, 96, 99, 100], "pretrained (paper)": [-2, 6, 9, 10]},
 }
 """Average return after 0..3 inner steps, by (env id, horizon)."""

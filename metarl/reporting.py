@@ -26,8 +26,10 @@ def machine_description() -> str:
                 break
     except OSError:
         pass
-    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} torch threads")
+    return (
+        f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} torch threads"
+    )
 
 
 def env_slug(env_id: str) -> str:
@@ -70,8 +72,13 @@ def write_json(path: Path, data: Any) -> Path:
 def git_commit() -> str:
     """The current commit of the working tree metarl runs from (``unknown`` outside a git checkout)."""
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
-                             cwd=Path(__file__).resolve().parent)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=Path(__file__).resolve().parent,
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
@@ -80,15 +87,19 @@ def git_commit() -> str:
 def write_results(
     results_dir: Path, name: str, markdown: str, data: dict[str, Any], command: str | None = None
 ) -> tuple[Path, Path]:
-    """Write ``name.md`` and ``name.json`` under ``results_dir``, each recording the command, commit, date and machine."""
+    """Write ``name.md`` and ``name.json`` under ``results_dir``.
+
+    Each records the command, the commit, the date and the machine.
+    """
     results_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y-%m-%d %H:%M")
     command = command or data.get("command") or " ".join(["python", *sys.argv])
     commit, machine = git_commit(), machine_description()
     md = results_dir / f"{name}.md"
     md.write_text(f"{markdown}\n\nCommand: `{command}`. Commit: {commit}. Machine: {machine}. Date: {stamp}.\n")
-    js = write_json(results_dir / f"{name}.json",
-                    {**data, "command": command, "commit": commit, "machine": machine, "date": stamp})
+    js = write_json(
+        results_dir / f"{name}.json", {**data, "command": command, "commit": commit, "machine": machine, "date": stamp}
+    )
     return md, js
 
 
@@ -141,5 +152,10 @@ def paired_difference(
     if len(common) < 2:
         raise ValueError(f"the runs share {len(common)} logged iterations of {key!r} in the range; need at least 2")
     diffs = [b[i] - a[i] for i in common]
-    return {"iterations": len(common), "first": common[0], "last": common[-1], "mean": statistics.mean(diffs),
-            "se": statistics.stdev(diffs) / len(diffs) ** 0.5}
+    return {
+        "iterations": len(common),
+        "first": common[0],
+        "last": common[-1],
+        "mean": statistics.mean(diffs),
+        "se": statistics.stdev(diffs) / len(diffs) ** 0.5,
+    }

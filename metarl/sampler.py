@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import importlib
 import time
-from typing import Any, Iterator, Literal, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal
 
 import gymnasium
 import numpy as np
@@ -44,7 +45,9 @@ def make_task_env(env_id: str, horizon: int, env_kwargs: dict[str, Any] | None =
     except gymnasium.error.Error as exc:
         raise ConfigError(f"config key 'env.id': cannot make environment {env_id!r}: {exc}") from None
     except TypeError as exc:
-        raise ConfigError(f"config key 'env.kwargs': {env_id} does not accept {sorted(env_kwargs or {})}: {exc}") from None
+        raise ConfigError(
+            f"config key 'env.kwargs': {env_id} does not accept {sorted(env_kwargs or {})}: {exc}"
+        ) from None
     try:
         check_task_env(env)
     except TypeError as exc:
@@ -74,8 +77,10 @@ def make_vector_env(
         return gymnasium.make_vec(
             env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **env_kwargs, **(vector_kwargs or {})
         )
-    fns = [lambda i=i: NamedFailures(gymnasium.make(env_id, max_episode_steps=horizon, **env_kwargs), env_id, i)
-           for i in range(num_envs)]
+    fns = [
+        lambda i=i: NamedFailures(gymnasium.make(env_id, max_episode_steps=horizon, **env_kwargs), env_id, i)
+        for i in range(num_envs)
+    ]
     return SyncVectorEnv(fns, autoreset_mode=AutoresetMode.NEXT_STEP)
 
 
@@ -89,8 +94,10 @@ class NamedFailures(gymnasium.Wrapper):
 
     def _fail(self, where: str, exc: Exception) -> EnvError:
         task = getattr(self.env.unwrapped, "task", None)
-        return EnvError(f"env {self.env_id} raised in {where} (sub-env {self.index}, task {task}, episode step "
-                        f"{self.t}): {type(exc).__name__}: {exc}")
+        return EnvError(
+            f"env {self.env_id} raised in {where} (sub-env {self.index}, task {task}, episode step "
+            f"{self.t}): {type(exc).__name__}: {exc}"
+        )
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:
         """Reset, naming the env on failure."""
@@ -149,7 +156,8 @@ class Sampler:
             raise ValueError(f"policy_threads must be >= 1, got {policy_threads}")
         if num_tasks < 1 or episodes_per_task < 1 or horizon < 1:
             raise ValueError(
-                f"num_tasks, episodes_per_task and horizon must be >= 1, got {num_tasks}, {episodes_per_task}, {horizon}"
+                "num_tasks, episodes_per_task and horizon must be >= 1, "
+                f"got {num_tasks}, {episodes_per_task}, {horizon}"
             )
         self.num_tasks = num_tasks
         self.episodes_per_task = episodes_per_task
@@ -198,7 +206,7 @@ class Sampler:
                 action = (mean + noise * log_std.exp()).view(n, b, -1)
                 step_input = action.view(n * b, -1).numpy()
                 obs_np, reward, terminated, truncated, _ = self._guarded(
-                    lambda: self.env.step(step_input), "step", tasks
+                    lambda step_input=step_input: self.env.step(step_input), "step", tasks
                 )
                 self._check_finite("reward", reward, tasks, t)
                 self._check_finite("observation", obs_np, tasks, t + 1)
@@ -220,8 +228,10 @@ class Sampler:
         except EnvError:
             raise
         except Exception as exc:
-            raise EnvError(f"env {self.env_id} raised in {where} (natively vectorised form, {len(tasks)} tasks, "
-                           f"first {tasks[0]}): {type(exc).__name__}: {exc}") from exc
+            raise EnvError(
+                f"env {self.env_id} raised in {where} (natively vectorised form, {len(tasks)} tasks, "
+                f"first {tasks[0]}): {type(exc).__name__}: {exc}"
+            ) from exc
 
     def _check_finite(self, what: str, values: Any, tasks: Sequence[Task], t: int) -> None:
         """Raise :class:`EnvError` naming the env, task and step if an observation or reward is NaN/inf."""
@@ -231,8 +241,10 @@ class Sampler:
         flat = np.flatnonzero(~np.isfinite(array.reshape(array.shape[0], -1)).all(axis=1))
         episode = int(flat[0])
         task = tasks[episode // self.episodes_per_task]
-        raise EnvError(f"env {self.env_id} returned a non-finite {what} at episode step {t} "
-                       f"(task {task}, episode {episode % self.episodes_per_task})")
+        raise EnvError(
+            f"env {self.env_id} returned a non-finite {what} at episode step {t} "
+            f"(task {task}, episode {episode % self.episodes_per_task})"
+        )
 
     def close(self) -> None:
         """Close the vector env."""

@@ -15,18 +15,18 @@ Also here: the few-shot evaluation (MSE on query points after 0..k plain SGD ste
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from metarl.envs.base import Task
 from metarl.build import build_policy, io_dims, iteration_rngs, task_env, torch_dtype
 from metarl.config import Config
+from metarl.envs.base import Task
 from metarl.errors import ConfigError, TrainingDiverged
 from metarl.evaluation import mean_ci95
 from metarl.loop import Algorithm
@@ -178,15 +178,16 @@ class SupervisedMAML(Algorithm):
     averaged over ``supervised.log_every`` iterations.
     """
 
-    progress_keys = {"meta/mse_pre": "MSE before", "meta/mse_post": "after adaptation",
-                     "perf/iterations_per_s": "it/s"}
+    progress_keys = {"meta/mse_pre": "MSE before", "meta/mse_post": "after adaptation", "perf/iterations_per_s": "it/s"}
 
     def __init__(self, config: Config) -> None:
         if config.maml.loss != "supervised":
             raise ConfigError(f"config key 'maml.loss': supervised MAML needs 'supervised', got {config.maml.loss!r}")
         if config.outer.optimizer != "adam":
-            raise ConfigError(f"config key 'outer.optimizer': bad value {config.outer.optimizer!r}; "
-                              "allowed with maml.loss=supervised: 'adam'")
+            raise ConfigError(
+                f"config key 'outer.optimizer': bad value {config.outer.optimizer!r}; "
+                "allowed with maml.loss=supervised: 'adam'"
+            )
         self.config = config
         self.name = f"{'fo' if config.maml.first_order else ''}maml-supervised"
         self.dtype, self.env, self.policy, self.adam = _setup(config)
@@ -285,8 +286,10 @@ def evaluate_regression(
     seed = config.eval.seed if seed is None else seed
     lr = config.maml.inner_lr if lr is None else lr
     if num_tasks < 1 or shots < 1 or query_size < 1 or num_steps < 0:
-        raise ValueError(f"need num_tasks, shots, query_size >= 1 and num_steps >= 0, got "
-                         f"{num_tasks}, {shots}, {query_size}, {num_steps}")
+        raise ValueError(
+            f"need num_tasks, shots, query_size >= 1 and num_steps >= 0, got "
+            f"{num_tasks}, {shots}, {query_size}, {num_steps}"
+        )
     env = regression_env(config)
     dtype = next(policy.parameters()).dtype
     rng = np.random.default_rng(seed)
@@ -300,8 +303,15 @@ def evaluate_regression(
     for k, values in enumerate(per_task):
         mean, ci = mean_ci95(values)
         steps.append({"step": k, "mse": mean, "ci95": ci})
-    return {"steps": steps, "per_task": [v.tolist() for v in per_task], "num_tasks": num_tasks, "shots": shots,
-            "query_size": query_size, "inner_lr": lr, "seed": seed}
+    return {
+        "steps": steps,
+        "per_task": [v.tolist() for v in per_task],
+        "num_tasks": num_tasks,
+        "shots": shots,
+        "query_size": query_size,
+        "inner_lr": lr,
+        "seed": seed,
+    }
 
 
 def _query_mse(policy: GaussianMLPPolicy, params: Params, batch: RegressionBatch) -> np.ndarray:

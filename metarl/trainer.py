@@ -31,16 +31,20 @@ def run_name(config: Config) -> str:
 class PolicyGradientMAML(Algorithm):
     """MAML for policies: sample, adapt with REINFORCE steps, re-sample, meta-update with TRPO or Adam."""
 
-    progress_keys = {"meta/return_pre": "return before", "meta/return_post": "after adaptation",
-                     "perf/env_steps_per_s": "env steps/s"}
+    progress_keys = {
+        "meta/return_pre": "return before",
+        "meta/return_post": "after adaptation",
+        "perf/env_steps_per_s": "env steps/s",
+    }
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self.name = algo_name(config)
         self.task_env = build.task_env(config)
         self.policy = build.build_policy(config, *build.io_dims(self.task_env))
-        self.optimizer = (torch.optim.Adam(self.policy.parameters(), lr=config.outer.lr)
-                          if config.outer.optimizer == "adam" else None)
+        self.optimizer = (
+            torch.optim.Adam(self.policy.parameters(), lr=config.outer.lr) if config.outer.optimizer == "adam" else None
+        )
         self.sampler = build.make_sampler(config, config.maml.meta_batch_size, config.maml.episodes_per_task)
         self.adaptation = build.adaptation_settings(config.maml)
         self.trpo = build.trpo_settings(config.outer)
@@ -50,8 +54,9 @@ class PolicyGradientMAML(Algorithm):
         rng, generator = build.iteration_rngs(self.config.train.seed, it)
         tasks = self.task_env.unwrapped.sample_tasks(self.config.maml.meta_batch_size, rng)  # type: ignore[attr-defined]
         t0, collected = time.perf_counter(), self.sampler.collect_seconds
-        batch, _ = sample_meta_batch(self.sampler, self.policy, self.policy.params(), tasks, self.adaptation, rng,
-                                     generator)
+        batch, _ = sample_meta_batch(
+            self.sampler, self.policy, self.policy.params(), tasks, self.adaptation, rng, generator
+        )
         t1, t_collect = time.perf_counter(), self.sampler.collect_seconds - collected
         if self.optimizer is None:
             stats = trpo_step(self.policy, batch, self.adaptation, self.trpo)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -161,9 +162,7 @@ def trpo_step(
     _check_finite("meta-gradient", grad)
     del adapted
 
-    curvature = kl_curvature(
-        policy, params, batch, adaptation, settings.hvp_subsample, settings.curvature == "exact"
-    )
+    curvature = kl_curvature(policy, params, batch, adaptation, settings.hvp_subsample, settings.curvature == "exact")
 
     def damped(v: Tensor) -> Tensor:
         return curvature(v) + settings.cg_damping * v
@@ -212,7 +211,9 @@ def evaluate_outer(
     adapted = adapt_on_batch(policy, policy.params(), batch, adaptation, first_order=True)
     with torch.no_grad():
         adapted = {k: v.detach() for k, v in adapted.items()}
-        return surrogate_loss(policy, adapted, batch.valid, old).item(), mean_kl(policy, adapted, batch.valid, old).item()
+        return surrogate_loss(policy, adapted, batch.valid, old).item(), mean_kl(
+            policy, adapted, batch.valid, old
+        ).item()
 
 
 def adam_step(

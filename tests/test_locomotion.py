@@ -8,11 +8,10 @@ import pickle
 from pathlib import Path
 
 import gymnasium
+import metarl.envs  # noqa: F401  (registers the metarl/ envs)
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
-
-import metarl.envs  # noqa: F401  (registers the metarl/ envs)
 from metarl.envs.base import check_task_env
 from metarl.envs.locomotion import (
     AntDirVectorEnv,
@@ -25,6 +24,7 @@ from metarl.envs.locomotion import (
     HalfCheetahVelVectorEnv,
 )
 from metarl.envs.mujoco_batch import BatchPhysics, PerEnvPhysics
+
 from metarl.config import load_config
 from metarl.trainer import train
 
@@ -337,10 +337,17 @@ def test_reset_seeding_matches_single(env_id: str) -> None:
 @pytest.mark.parametrize("config", ["configs/halfcheetah_vel.yaml", "configs/ant_vel.yaml"])
 def test_two_iteration_training_smoke_run(tmp_path: Path, config: str) -> None:
     """The shipped locomotion configs train end to end (tiny batch, short horizon) through the batched physics."""
-    cfg = load_config(config, [
-        "maml.meta_batch_size=2", "maml.episodes_per_task=2", "env.horizon=10", "train.iterations=2",
-        "policy.hidden_sizes=[8]", "env.vector_kwargs={num_threads: 1}",
-    ])
+    cfg = load_config(
+        config,
+        [
+            "maml.meta_batch_size=2",
+            "maml.episodes_per_task=2",
+            "env.horizon=10",
+            "train.iterations=2",
+            "policy.hidden_sizes=[8]",
+            "env.vector_kwargs={num_threads: 1}",
+        ],
+    )
     result = train(cfg, tmp_path, progress=False)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows] == [0, 1]

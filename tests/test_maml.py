@@ -8,7 +8,6 @@ import torch
 from metarl.episodes import Episodes
 from metarl.evaluation import returns_by_task_parameter
 from metarl.maml import (
-    AdaptationSettings,
     MetaBatch,
     adapt,
     adapt_on_batch,
@@ -20,7 +19,7 @@ from metarl.maml import (
     surrogate_and_old_policy,
     surrogate_loss,
 )
-from metarl.policy import GaussianMLPPolicy, Params, flatten, stack_params, unflatten
+from metarl.policy import GaussianMLPPolicy, Params, flatten, stack_params
 from tests.helpers import finite_difference_grad, random_episodes, settings
 
 
@@ -57,7 +56,9 @@ def test_first_order_gradient_is_outer_gradient_at_adapted_params(tiny_policy: G
     theta, f_first = meta_objective(tiny_policy, batch, 1, first_order=True)
     first = flatten(torch.autograd.grad(f_first(theta), list(theta.values())))
     # Independent computation: adapted parameters as leaves, gradient of the outer loss there, summed over tasks.
-    adapted = {k: v.detach().requires_grad_() for k, v in adapt_on_batch(tiny_policy, theta, batch, settings(1), True).items()}
+    adapted = {
+        k: v.detach().requires_grad_() for k, v in adapt_on_batch(tiny_policy, theta, batch, settings(1), True).items()
+    }
     _, f_second = meta_objective(tiny_policy, batch, 1)
     old = old_policy(tiny_policy, adapted, batch.valid)
     outer = torch.autograd.grad(surrogate_loss(tiny_policy, adapted, batch.valid, old), list(adapted.values()))
@@ -90,7 +91,12 @@ def test_stacked_inner_gradients_are_per_task_gradients(tiny_policy: GaussianMLP
     theta = tiny_policy.params()
     adapted = adapt(rl_inner_loss(tiny_policy, [episodes]), theta, 3, [0.3], first_order=True)
     for i in range(3):
-        single = Episodes(*(getattr(episodes, f)[:, i : i + 1] for f in ("observations", "actions", "rewards", "mask", "returns", "advantages")))
+        single = Episodes(
+            *(
+                getattr(episodes, f)[:, i : i + 1]
+                for f in ("observations", "actions", "rewards", "mask", "returns", "advantages")
+            )
+        )
         loss = reinforce_loss(tiny_policy, stack_params(theta, 1), single)
         grads = torch.autograd.grad(loss, list(theta.values()))
         for (name, p), g in zip(theta.items(), grads):
@@ -121,8 +127,10 @@ def test_one_forward_surrogate_equals_snapshot_then_surrogate(tiny_policy: Gauss
 
 
 def test_returns_by_task_parameter_bins_hand_computed() -> None:
-    result = {"tasks": [{"velocity": v} for v in (1.5, 0.1, 0.9, 0.3)],
-              "per_task": [[-30.0, -10.0, -20.0, -12.0], [-15.0, -5.0, -9.0, -7.0]]}
+    result = {
+        "tasks": [{"velocity": v} for v in (1.5, 0.1, 0.9, 0.3)],
+        "per_task": [[-30.0, -10.0, -20.0, -12.0], [-15.0, -5.0, -9.0, -7.0]],
+    }
     table = returns_by_task_parameter(result, num_bins=2)
     assert table is not None
     rows = table.splitlines()
@@ -130,8 +138,10 @@ def test_returns_by_task_parameter_bins_hand_computed() -> None:
     assert rows[2] == "| 0.10 to 0.30 | 2 | -11.00 | -6.00 |"  # tasks with goals 0.1 and 0.3
     assert rows[3] == "| 0.90 to 1.50 | 2 | -25.00 | -12.00 |"
     directions = {"tasks": [{"direction": d} for d in (1.0, -1.0, 1.0)], "per_task": [[1.0, 2.0, 3.0]]}
-    assert returns_by_task_parameter(directions).splitlines()[2:] == ["| -1.00 to -1.00 | 1 | 2.00 |",
-                                                                      "| 1.00 to 1.00 | 2 | 2.00 |"]
+    assert returns_by_task_parameter(directions).splitlines()[2:] == [
+        "| -1.00 to -1.00 | 1 | 2.00 |",
+        "| 1.00 to 1.00 | 2 | 2.00 |",
+    ]
     goals_2d = {"tasks": [{"x": 0.0, "y": 1.0}] * 4, "per_task": [[0.0] * 4]}
     assert returns_by_task_parameter(goals_2d) is None
 

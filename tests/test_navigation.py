@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import gymnasium
+import metarl.envs  # noqa: F401
 import numpy as np
 import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
-
-import metarl.envs  # noqa: F401
 from metarl.envs.base import check_task_env
 from metarl.envs.navigation import Navigation2DEnv, Navigation2DVectorEnv
+
 from metarl.errors import ConfigError, EnvError
 from metarl.policy import GaussianMLPPolicy, stack_params
 from metarl.sampler import Sampler, make_task_env
@@ -20,8 +20,7 @@ from metarl.sampler import Sampler, make_task_env
 
 @pytest.mark.parametrize("normalized", [False, True])
 def test_check_env_passes(normalized: bool) -> None:
-    check_env(gymnasium.make("metarl/Navigation2D-v0", normalized_actions=normalized).unwrapped,
-              skip_render_check=True)
+    check_env(gymnasium.make("metarl/Navigation2D-v0", normalized_actions=normalized).unwrapped, skip_render_check=True)
 
 
 def test_normalized_actions_scale_and_clip_to_the_max_velocity() -> None:
@@ -94,7 +93,9 @@ def test_native_and_generic_sampler_paths_agree(rng: np.random.Generator) -> Non
     blocks = []
     for vectorization in ("native", "sync"):
         sampler = Sampler("metarl/Navigation2D-v0", 3, 2, 10, vectorization=vectorization)
-        blocks.append(sampler.collect(policy, policy.params(), tasks, np.random.default_rng(1), torch.Generator().manual_seed(2)))
+        blocks.append(
+            sampler.collect(policy, policy.params(), tasks, np.random.default_rng(1), torch.Generator().manual_seed(2))
+        )
         sampler.close()
     for name in ("observations", "actions", "rewards", "mask"):
         torch.testing.assert_close(getattr(blocks[0], name), getattr(blocks[1], name))

@@ -7,21 +7,21 @@ import math
 from pathlib import Path
 
 import gymnasium
+import metarl.envs  # noqa: F401
 import numpy as np
 import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
-
-import metarl.envs  # noqa: F401
-import metarl.supervised as supervised
 from metarl.envs.sinusoid import SinusoidEnv, SinusoidVectorEnv
+
+import metarl.supervised as supervised
 from metarl.checkpoint import load_checkpoint
+from metarl.cli import main as cli
 from metarl.config import load_config
+from metarl.errors import ConfigError, TrainingDiverged
 from metarl.evaluation import mean_ci95
 from metarl.policy import GaussianMLPPolicy, Params, flatten, stack_params
 from metarl.sampler import Sampler
-from metarl.cli import main as cli
-from metarl.errors import ConfigError, TrainingDiverged
 from metarl.trainer import train
 from tests.helpers import finite_difference_grad
 
@@ -58,7 +58,7 @@ def test_episode_is_one_step_scored_by_squared_error() -> None:
     target = 2.0 * math.sin(float(obs[0]) + 0.5)
     assert terminated
     assert info["target"] == pytest.approx(target, rel=1e-12)
-    assert reward == pytest.approx(-(0.7 - target) ** 2, rel=1e-6)  # the action is float32
+    assert reward == pytest.approx(-((0.7 - target) ** 2), rel=1e-6)  # the action is float32
     with pytest.raises(RuntimeError, match="call reset"):
         env.unwrapped.step(action)
     assert env.reset(seed=4)[0] == obs  # the seed fixes x
@@ -109,8 +109,9 @@ def test_sampler_runs_k_one_step_episodes_per_task(rng: np.random.Generator) -> 
     amplitude = torch.tensor([t["amplitude"] for t in tasks]).view(3, 1)
     phase = torch.tensor([t["phase"] for t in tasks]).view(3, 1)
     target = amplitude * torch.sin(blocks[0].observations[0, ..., 0].double() + phase)
-    torch.testing.assert_close(blocks[0].rewards[0].double(), -(blocks[0].actions[0, ..., 0].double() - target) ** 2,
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        blocks[0].rewards[0].double(), -((blocks[0].actions[0, ..., 0].double() - target) ** 2), rtol=1e-5, atol=1e-5
+    )
 
 
 # --------------------------------------------------------------------------- supervised MAML core
@@ -165,8 +166,12 @@ def test_first_order_is_outer_gradient_at_adapted_params_and_differs_from_second
     adapted = supervised.adapt_regression(regression_policy, theta, batch.support_x, batch.support_y, [0.05], True)
     adapted = {name: v.detach().requires_grad_() for name, v in adapted.items()}
     outer = supervised.task_mse(regression_policy, adapted, batch.query_x, batch.query_y).mean()
-    expected = flatten([g.sum(0) for g in torch.autograd.grad(outer, list(adapted.values()), allow_unused=True,
-                                                               materialize_grads=True)])
+    expected = flatten(
+        [
+            g.sum(0)
+            for g in torch.autograd.grad(outer, list(adapted.values()), allow_unused=True, materialize_grads=True)
+        ]
+    )
     torch.testing.assert_close(grads[True], expected, rtol=1e-10, atol=1e-12)
     assert (grads[True] - grads[False]).abs().max() > 1e-4  # the flag changes the gradient
 
@@ -187,8 +192,9 @@ def test_stacked_inner_step_is_each_tasks_own_gradient_step(regression_policy: G
 
 def test_evaluation_matches_a_direct_computation(regression_policy: GaussianMLPPolicy) -> None:
     config = load_config(SUPERVISED_CONFIG, ["train.dtype=float64"])
-    result = supervised.evaluate_regression(regression_policy, config, num_tasks=4, shots=3, num_steps=2, query_size=7,
-                                            seed=5, lr=0.1)
+    result = supervised.evaluate_regression(
+        regression_policy, config, num_tasks=4, shots=3, num_steps=2, query_size=7, seed=5, lr=0.1
+    )
     assert [s["step"] for s in result["steps"]] == [0, 1, 2]
     rng = np.random.default_rng(5)
     env = SinusoidEnv()
@@ -199,8 +205,9 @@ def test_evaluation_matches_a_direct_computation(regression_policy: GaussianMLPP
         np.testing.assert_allclose(result["per_task"][k], expected, rtol=1e-10)
         assert result["steps"][k]["mse"] == pytest.approx(expected.mean())
         params = supervised.adapt_regression(regression_policy, params, batch.support_x, batch.support_y, [0.1], True)
-    assert result == supervised.evaluate_regression(regression_policy, config, num_tasks=4, shots=3, num_steps=2,
-                                                    query_size=7, seed=5, lr=0.1)
+    assert result == supervised.evaluate_regression(
+        regression_policy, config, num_tasks=4, shots=3, num_steps=2, query_size=7, seed=5, lr=0.1
+    )
 
 
 def test_supervised_loss_needs_a_regression_env() -> None:
@@ -215,8 +222,12 @@ def test_supervised_loss_needs_a_regression_env() -> None:
 
 # --------------------------------------------------------------------------- training runs
 
-TINY_SUPERVISED = ["policy.hidden_sizes=[16]", "maml.meta_batch_size=4", "supervised.log_every=2",
-                   "train.checkpoint_every=3"]
+TINY_SUPERVISED = [
+    "policy.hidden_sizes=[16]",
+    "maml.meta_batch_size=4",
+    "supervised.log_every=2",
+    "train.checkpoint_every=3",
+]
 
 
 def tiny_supervised(*extra: str, iterations: int = 6):
@@ -228,8 +239,10 @@ def flat(policy: GaussianMLPPolicy) -> torch.Tensor:
 
 
 def test_supervised_meta_training_makes_adaptation_help(tmp_path: Path) -> None:
-    config = load_config(SUPERVISED_CONFIG, ["train.iterations=400", "supervised.log_every=100",
-                                             "train.checkpoint_every=400", "maml.inner_lr=0.05"])
+    config = load_config(
+        SUPERVISED_CONFIG,
+        ["train.iterations=400", "supervised.log_every=100", "train.checkpoint_every=400", "maml.inner_lr=0.05"],
+    )
     result = train(config, tmp_path, progress=False)
     evaluation = supervised.evaluate_regression(result.policy, config, num_tasks=300, num_steps=1)
     gain, ci = mean_ci95(np.subtract(*evaluation["per_task"]))  # paired: same tasks before and after
@@ -273,8 +286,16 @@ def test_supervised_nan_stops_with_clear_message(tmp_path: Path, monkeypatch) ->
 
 
 def test_train_script_dispatches_the_supervised_config(tmp_path: Path) -> None:
-    args = ["train", "--config", str(SUPERVISED_CONFIG), "--run-dir", str(tmp_path), "--iterations", "2",
-            "--no-progress"]
+    args = [
+        "train",
+        "--config",
+        str(SUPERVISED_CONFIG),
+        "--run-dir",
+        str(tmp_path),
+        "--iterations",
+        "2",
+        "--no-progress",
+    ]
     assert cli([*args, *(a for s in TINY_SUPERVISED for a in ("--set", s))]) == 0
     assert load_checkpoint(tmp_path).iteration == 2
     assert cli(["evaluate", "--run-dir", str(tmp_path), "--num-tasks", "5", "--num-steps", "2"]) == 0
@@ -284,8 +305,16 @@ def test_train_script_dispatches_the_supervised_config(tmp_path: Path) -> None:
 
 
 def test_rl_config_trains_end_to_end_and_evaluates(tmp_path: Path) -> None:
-    config = load_config(RL_CONFIG, ["maml.meta_batch_size=3", "maml.episodes_per_task=6", "policy.hidden_sizes=[8]",
-                                     "train.iterations=2", "train.checkpoint_every=1"])
+    config = load_config(
+        RL_CONFIG,
+        [
+            "maml.meta_batch_size=3",
+            "maml.episodes_per_task=6",
+            "policy.hidden_sizes=[8]",
+            "train.iterations=2",
+            "train.checkpoint_every=1",
+        ],
+    )
     train(config, tmp_path, progress=False)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows] == [0, 1]
@@ -293,4 +322,3 @@ def test_rl_config_trains_end_to_end_and_evaluates(tmp_path: Path) -> None:
     assert cli(["evaluate", "--run-dir", str(tmp_path), "--num-tasks", "3", "--episodes", "4", "--num-steps", "1"]) == 0
     steps = json.loads((tmp_path / "evaluation.json").read_text())["steps"]
     assert [s["step"] for s in steps] == [0, 1]
-

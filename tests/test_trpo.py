@@ -24,8 +24,10 @@ def test_conjugate_gradient_matches_direct_solve() -> None:
     assert (x3 - x).norm() > 1e-3
 
 
-@pytest.mark.parametrize(("k", "first_order", "estimator"),
-                         [(1, False, "log"), (2, False, "log"), (1, True, "log"), (1, False, "lvc"), (2, False, "lvc")])
+@pytest.mark.parametrize(
+    ("k", "first_order", "estimator"),
+    [(1, False, "log"), (2, False, "log"), (1, True, "log"), (1, False, "lvc"), (2, False, "lvc")],
+)
 def test_kl_curvature_matches_explicit_hessian(tiny_policy, k: int, first_order: bool, estimator: str) -> None:
     """The factored J^T F J product equals the Hessian of the KL through the inner loop (finite graph, float64)."""
     batch = MetaBatch([{}] * 2, [random_episodes(2, 3, 4, 1 + j) for j in range(k)], random_episodes(2, 3, 4, 9))
@@ -33,7 +35,9 @@ def test_kl_curvature_matches_explicit_hessian(tiny_policy, k: int, first_order:
     old = old_policy(tiny_policy, adapt_on_batch(tiny_policy, params, batch, settings(k), True), batch.valid)
 
     def kl_of_flat(flat: torch.Tensor) -> torch.Tensor:
-        adapted = adapt_on_batch(tiny_policy, unflatten(flat, params), batch, settings(k, first_order, estimator), first_order)
+        adapted = adapt_on_batch(
+            tiny_policy, unflatten(flat, params), batch, settings(k, first_order, estimator), first_order
+        )
         return mean_kl(tiny_policy, adapted, batch.valid, old)
 
     flat = flatten(params).detach()
@@ -54,9 +58,15 @@ def test_kl_curvature_subsample_thins_only_the_fisher(tiny_policy) -> None:
     params = tiny_policy.params()
     full = kl_curvature(tiny_policy, params, batch, settings(1), 1.0)
     half = kl_curvature(tiny_policy, params, batch, settings(1), 0.5)
-    thinned_valid = kl_curvature(tiny_policy, params, MetaBatch([{}] * 2, batch.train, batch.valid.subsample(2)), settings(1), 1.0)
+    thinned_valid = kl_curvature(
+        tiny_policy, params, MetaBatch([{}] * 2, batch.train, batch.valid.subsample(2)), settings(1), 1.0
+    )
     thinned_both = kl_curvature(
-        tiny_policy, params, MetaBatch([{}] * 2, [batch.train[0].subsample(2)], batch.valid.subsample(2)), settings(1), 1.0
+        tiny_policy,
+        params,
+        MetaBatch([{}] * 2, [batch.train[0].subsample(2)], batch.valid.subsample(2)),
+        settings(1),
+        1.0,
     )
     v = torch.randn(flatten(params).numel(), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     torch.testing.assert_close(half(v), thinned_valid(v), rtol=1e-10, atol=1e-12)
@@ -80,10 +90,14 @@ def test_trpo_step_respects_max_kl_and_improves(tiny_policy) -> None:
     for seed in range(3):
         batch = MetaBatch([{}] * 2, [random_episodes(2, 4, 6, 10 + seed)], random_episodes(2, 4, 6, 20 + seed))
         before = flatten(tiny_policy.params()).detach().clone()
-        old = old_policy(tiny_policy, adapt_on_batch(tiny_policy, tiny_policy.params(), batch, settings(1), True), batch.valid)
+        old = old_policy(
+            tiny_policy, adapt_on_batch(tiny_policy, tiny_policy.params(), batch, settings(1), True), batch.valid
+        )
         max_kl = 1e-3
         curvature = "exact" if seed < 2 else "fisher"
-        stats = trpo_step(tiny_policy, batch, settings(1), TRPOSettings(max_kl=max_kl, cg_iters=20, curvature=curvature))
+        stats = trpo_step(
+            tiny_policy, batch, settings(1), TRPOSettings(max_kl=max_kl, cg_iters=20, curvature=curvature)
+        )
         adapted = adapt_on_batch(tiny_policy, tiny_policy.params(), batch, settings(1), True)
         kl = mean_kl(tiny_policy, adapted, batch.valid, old).item()
         assert kl <= max_kl
