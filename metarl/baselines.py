@@ -135,7 +135,7 @@ class TaskObservationEnv(gymnasium.Env):
     @property
     def task(self) -> Task:
         """The inner env's task."""
-        return self.inner.task  # type: ignore[no-any-return]
+        return self.inner.task
 
     @task.setter
     def task(self, task: Task) -> None:
@@ -143,7 +143,7 @@ class TaskObservationEnv(gymnasium.Env):
 
     def sample_tasks(self, n: int, rng: np.random.Generator) -> list[Task]:
         """The inner env's tasks."""
-        return self.inner.sample_tasks(n, rng)  # type: ignore[no-any-return]
+        return self.inner.sample_tasks(n, rng)
 
     def task_vector(self, task: Task) -> np.ndarray:
         """The task's values flattened in key order, as float32 (what is appended to the observation)."""
@@ -404,7 +404,7 @@ def cache_key(config: Config, role: Role, settings: SB3Settings) -> dict[str, An
 
 def normalised(key: dict[str, Any]) -> dict[str, Any]:
     """``key`` as it reads back from JSON (tuples as lists, numpy values as numbers): comparable with a cache file."""
-    return json.loads(to_json(key))  # type: ignore[no-any-return]
+    return json.loads(to_json(key))
 
 
 def cache_path(cache_dir: Path, key: dict[str, Any]) -> Path:
@@ -458,7 +458,7 @@ def train_sb3(config: Config, role: Role, settings: SB3Settings, progress: bool 
 
     env_id = role_env_id(config, role)
     sequences = np.random.SeedSequence([settings.seed, ROLE_SEED_INDEX[role]]).spawn(settings.n_envs)
-    fns = [
+    fns: list[Callable[[], gymnasium.Env]] = [
         partial(make_resampling_env, env_id, horizon(config.env), dict(config.env.kwargs), np.random.default_rng(s))
         for s in sequences
     ]

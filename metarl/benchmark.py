@@ -113,9 +113,7 @@ def run_benchmark(
         )
     methods = parse_methods(",".join(methods)) if methods is not None else default_methods(config.env.id)
     if protocol.num_tasks < 1 or protocol.num_steps < 0:
-        raise BenchmarkError(
-            f"need num_tasks >= 1 and num_steps >= 0, got {protocol.num_tasks}, {protocol.num_steps}"
-        )
+        raise BenchmarkError(f"need num_tasks >= 1 and num_steps >= 0, got {protocol.num_tasks}, {protocol.num_steps}")
     if "pretrained" in methods or "oracle" in methods:
         require_sb3(sb3.algo)
     if "oracle" in methods:
@@ -158,11 +156,9 @@ def run_benchmark(
             result.setdefault("adapted", True)
             result["eval_seconds"] = time.perf_counter() - start
             results[name] = result
-            last = result["steps"][-1]["step"]
-            log(
-                f"[{method}] return after 0..{last} steps: "
-                + " / ".join(f"{s['mean_return']:.2f}" for s in result["steps"])
-            )
+            returns = " / ".join(f"{s['mean_return']:.2f}" for s in result["steps"])
+            when = "at 0 steps (no adaptation)" if method == "oracle" else f"after 0..{protocol.num_steps} steps"
+            log(f"[{method}] return {when}: {returns}")
     finally:
         torch.set_num_threads(threads)
     lr = config.maml.inner_lr
@@ -194,8 +190,11 @@ def run_benchmark(
     }
 
 
-def report_markdown(data: Mapping[str, Any], figure: str, command: str) -> str:
-    """The markdown report of :func:`run_benchmark`'s data: protocol, table, paper reference, baseline details."""
+def report_markdown(data: Mapping[str, Any], figure: str) -> str:
+    """The markdown report of :func:`run_benchmark`'s data: protocol, table, paper reference, baseline details.
+
+    :func:`metarl.reporting.write_results` appends the command, commit, machine and date.
+    """
     p, sb3 = data["protocol"], data["sb3"]
     settings = sb3["settings"]
     steps = ", ".join(f"{lr:g}" for lr in p["step_sizes"]) or "none"
@@ -215,9 +214,7 @@ def report_markdown(data: Mapping[str, Any], figure: str, command: str) -> str:
     if data["paper_reference"]:
         lines += [
             "Paper (Finn et al. 2017, read off the figure, ±10%): "
-            + "; ".join(
-                f"{k}: {' / '.join(f'{v:g}' for v in values)}" for k, values in data["paper_reference"].items()
-            )
+            + "; ".join(f"{k}: {' / '.join(f'{v:g}' for v in values)}" for k, values in data["paper_reference"].items())
             + ".",
             "",
         ]
@@ -247,5 +244,5 @@ def report_markdown(data: Mapping[str, Any], figure: str, command: str) -> str:
                 f"learned std {', '.join(f'{math.exp(v):.3f}' for v in info['log_std'])}."
             )
         lines.append(f"- **{name}**: {text}")
-    lines += ["", f"Figure: `{figure}`.", "", f"Command: `{command}`"]
+    lines += ["", f"Figure: `{figure}`."]
     return "\n".join(lines)

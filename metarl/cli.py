@@ -13,10 +13,14 @@ import argparse
 import os
 import sys
 import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
-from metarl.errors import MetarlError
+from metarl.errors import MetarlError, RunDirError
+
+if TYPE_CHECKING:
+    from metarl.config import Config
 
 EXAMPLES = """examples:
   metarl train --config configs/navigation2d.yaml --run-dir runs/nav
@@ -101,9 +105,8 @@ def cmd_train(args: argparse.Namespace, log: Callable[[str], None]) -> int:
     extra += [f"train.iterations={args.iterations}"] if args.iterations is not None else []
     if args.resume:
         if args.run_dir is None:
-            raise MetarlError("--resume needs --run-dir (the run to continue)")
-        config_path = args.config or args.run_dir / "config.yaml"
-        config = load_config(config_path, overrides_of(args, *extra))
+            raise RunDirError("--resume needs --run-dir (the run to continue)")
+        config = resume_config(args.run_dir, args.config, overrides_of(args, *extra))
         run_dir = args.run_dir
     else:
         config = load_config(args.config, overrides_of(args, *extra))
@@ -117,6 +120,22 @@ def cmd_train(args: argparse.Namespace, log: Callable[[str], None]) -> int:
     print(f"done: {result.iteration} iterations; checkpoint {result.checkpoint}")
     print(f"evaluate it with: metarl evaluate --run-dir {run_dir}")
     return 0
+
+
+def resume_config(run_dir: Path, config_path: Path | None, overrides: list[str]) -> Config:
+    """The config to resume ``run_dir`` with: ``--config`` if given, else the run's ``config.yaml``
+    (else its newest checkpoint's config), with the ``--set`` overrides applied."""
+    from metarl.checkpoint import has_checkpoint, load_checkpoint
+    from metarl.config import apply_overrides, from_dict, load_config, to_dict
+
+    if config_path is not None:
+        return load_config(config_path, overrides)
+    if (run_dir / "config.yaml").is_file():
+        return load_config(run_dir / "config.yaml", overrides)
+    if run_dir.is_dir() and has_checkpoint(run_dir):
+        return from_dict(apply_overrides(to_dict(load_checkpoint(run_dir).config), overrides))
+    where = "does not exist" if not run_dir.exists() else "holds no run (no config.yaml, no checkpoint)"
+    raise RunDirError(f"nothing to resume in {run_dir}: it {where}; start a new run without --resume")
 
 
 def cmd_evaluate(args: argparse.Namespace, log: Callable[[str], None]) -> int:
@@ -190,7 +209,7 @@ def cmd_benchmark(args: argparse.Namespace, log: Callable[[str], None]) -> int:
     command = "metarl " + " ".join(shlex.quote(a) for a in args.argv)
     data["command"] = command
     data["figure"] = str(figure)
-    md, js = write_results(results, name, report_markdown(data, figure.name, command), data)
+    md, js = write_results(results, name, report_markdown(data, figure.name), data)
     print(markdown_table(data["methods"]))
     print(f"wrote {md}, {js}, {figure}")
     return 0
@@ -222,8 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_dir(p, False, "run directory (default: runs/<env>__<algo>__<seed>__<time>)")
     p.add_argument("--seed", type=non_negative, help="train.seed")
     p.add_argument("--iterations", type=positive, help="train.iterations (total, including resumed ones)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in --run-dir from its newest readable checkpoint (config from its config.yaml)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --run-dir from its newest readable checkpoint (config from its config.yaml)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --run-dir")
     add_common(p)
     p.set_defaults(func=cmd_train)
@@ -290,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _report(exc, exc.exit_code, args.debug)
     except KeyboardInterrupt as exc:
         return _report(exc, 130, args.debug, "interrupted")
-    except (ValueError, FileNotFoundError, NotImplementedError, PermissionError) as exc:
+    except (ValueError, OSError, NotImplementedError) as exc:  # bad values, unreadable or unwritable paths
         return _report(exc, 2, args.debug)
 
 
@@ -298,8 +320,8 @@ def _report(exc: BaseException, code: int, debug: bool, text: str | None = None)
     """Print one ``error:`` line (the traceback too with ``--debug``); return the exit status."""
     if debug:
         traceback.print_exception(exc)
-    message = text or str(exc) or type(exc).__name__
-    print(f"error: {message}", file=sys.stderr)
+    message = " ".join((text or str(exc) or type(exc).__name__).split())  # one line, whatever the exception says
+    print(f"error: {message}", file=sys.stderr, flush=True)
     return code
 
 

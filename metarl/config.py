@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,10 +18,26 @@ from typing import Any, Literal
 
 import yaml
 
-
 from metarl.errors import ConfigError
 
-__all__ = ["Config", "ConfigError", "describe", "from_dict", "load_config", "to_dict"]
+__all__ = ["Config", "ConfigError", "describe", "from_dict", "load_config", "load_yaml", "to_dict"]
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader plus YAML 1.2 floats: PyYAML follows YAML 1.1, which reads ``1e-3``,
+    ``1E5`` and ``1.0e5`` (no dot, or no exponent sign) as strings."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?$"),
+    list("-+.0123456789"),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text with YAML 1.2 floats (``1e-3`` is a float, as in Python and YAML 1.2)."""
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: plain data only
 
 
 def _f(default: Any, help: str, **check: float) -> Any:
@@ -39,8 +56,10 @@ class EnvConfig:
 
     id: str = _f("metarl/Navigation2D-v0", "registered gymnasium id of an env implementing the task protocol")
     horizon: int | None = _f(
-        None, "episode length T (steps; default: the env's registered max_episode_steps); "
-        "episodes that terminate earlier are masked", gt=0
+        None,
+        "episode length T (steps; default: the env's registered max_episode_steps); "
+        "episodes that terminate earlier are masked",
+        gt=0,
     )
     kwargs: dict = _f({}, "keyword arguments for the env constructor")
     vector_kwargs: dict = _f({}, "keyword arguments for the natively vectorised form only (e.g. num_threads)")
@@ -75,8 +94,9 @@ class MamlConfig:
     gae_lambda: float = _f(1.0, "GAE lambda (1: Monte-Carlo returns minus baseline)", ge=0, le=1)
     normalize_advantages: bool = _f(True, "standardise advantages per task")
     inner_estimator: Literal["log", "lvc"] = _f(
-        "log", "inner policy-gradient loss: log-likelihood form (MAML paper) or ProMP's low-variance curvature form, "
-        "whose Hessian credits pre-adaptation sampling (same inner step, different meta-gradient)"
+        "log",
+        "inner policy-gradient loss: log-likelihood form (MAML paper) or ProMP's low-variance curvature form, "
+        "whose Hessian credits pre-adaptation sampling (same inner step, different meta-gradient)",
     )
 
 
@@ -90,7 +110,9 @@ class OuterConfig:
     cg_damping: float = _f(1e-5, "TRPO damping added to the Fisher-vector product", ge=0)
     ls_backtrack: float = _f(0.8, "TRPO line-search step shrink factor", gt=0, lt=1)
     ls_max_steps: int = _f(15, "TRPO line-search maximum backtracking steps", gt=0)
-    hvp_subsample: float = _f(1.0, "fraction of post-adaptation trajectories per task used for the Fisher in the KL Hessian", gt=0, le=1)
+    hvp_subsample: float = _f(
+        1.0, "fraction of post-adaptation trajectories per task used for the Fisher in the KL Hessian", gt=0, le=1
+    )
     curvature: Literal["exact", "fisher"] = _f(
         "exact", "TRPO KL Hessian: exact through the inner loop, or the adapted policies' Fisher (inner Jacobian = I)"
     )
@@ -205,8 +227,12 @@ def _coerce(key: str, value: Any, tp: Any, meta: dict[str, Any]) -> Any:
         if not isinstance(value, str) or not value:
             raise bad()
         return value
-    for k, ok in (("gt", value > meta.get("gt", value - 1)), ("ge", value >= meta.get("ge", value)),
-                  ("lt", value < meta.get("lt", value + 1)), ("le", value <= meta.get("le", value))):
+    for k, ok in (
+        ("gt", value > meta.get("gt", value - 1)),
+        ("ge", value >= meta.get("ge", value)),
+        ("lt", value < meta.get("lt", value + 1)),
+        ("le", value <= meta.get("le", value)),
+    ):
         if k in meta and not ok:
             raise bad()
     return value
@@ -239,6 +265,8 @@ def from_dict(data: dict[str, Any] | None) -> Config:
     for section, values in data.items():
         if section not in sections:
             raise ConfigError(f"config key '{section}': unknown section; allowed: {', '.join(sections)}")
+        if values is None:  # an empty section ("maml:" with nothing under it)
+            continue
         if not isinstance(values, dict):
             raise ConfigError(f"config key '{section}': expected a mapping of keys, got {values!r}")
         target = getattr(config, section)
@@ -274,7 +302,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 where = ".".join(parents[: depth + 1])
                 raise ConfigError(f"config key '{where}': expected a mapping of keys, got {node!r}")
         try:
-            node[key] = yaml.safe_load(raw)
+            node[key] = load_yaml(raw)
         except yaml.YAMLError:
             raise ConfigError(f"override {item!r}: the value is not valid YAML") from None
     return data
@@ -288,7 +316,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = load_yaml(path.read_text())
+            data = {} if data is None else data
         except yaml.YAMLError as exc:
             where = getattr(exc, "problem_mark", None)
             line = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
@@ -296,8 +325,9 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read config file {path}: {exc}") from None
         if not isinstance(data, dict):
-            raise ConfigError(f"config file {path} must be a mapping of sections (env:, maml:, ...), "
-                              f"got a {type(data).__name__}")
+            raise ConfigError(
+                f"config file {path} must be a mapping of sections (env:, maml:, ...), got a {type(data).__name__}"
+            )
     return from_dict(apply_overrides(data, overrides or []))
 
 
@@ -309,11 +339,9 @@ def describe(config_type: type = Config) -> str:
         hints = typing.get_type_hints(type(sub))
         for f in dataclasses.fields(sub):
             meta = dict(f.metadata)
-            lines.append(
-                f"| `{section.name}.{f.name}` | `{getattr(sub, f.name)!r}` | {_allowed(hints[f.name], meta)} | {meta['help']} |"
-            )
+            key, default, allowed = f"{section.name}.{f.name}", getattr(sub, f.name), _allowed(hints[f.name], meta)
+            lines.append(f"| `{key}` | `{default!r}` | {allowed} | {meta['help']} |")
     return "\n".join(lines)
-
 
 
 def annotated_yaml(config: Config) -> str:

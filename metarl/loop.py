@@ -283,7 +283,8 @@ def claim_run_dir(run_dir: Path, overwrite: bool) -> None:
     if holds_run(run_dir):
         if not overwrite:
             raise RunDirError(
-                f"run directory {run_dir} already holds a run; continue it with --resume, or replace it with --overwrite"
+                f"run directory {run_dir} already holds a run; "
+                "continue it with --resume, or replace it with --overwrite"
             )
         clear_run(run_dir)
 

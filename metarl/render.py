@@ -69,7 +69,9 @@ def ensure_offscreen_gl() -> str:
 
 def _split_items(spec: str) -> list[str]:
     """Split ``key=value,...`` on the commas outside brackets (``goal=[0.1, 0.2],speed=1``)."""
-    items, depth, current = [], 0, []
+    items: list[str] = []
+    current: list[str] = []
+    depth = 0
     for char in spec:
         if char in "[({":
             depth += 1
@@ -300,7 +302,7 @@ def rollout(
     ``on_step(t, running_return)`` is called after the reset (``t = 0``) and after every step,
     e.g. to grab a rendered frame.
     """
-    env.unwrapped.task = task
+    env.unwrapped.task = task  # type: ignore[attr-defined]
     obs, _ = env.reset(seed=seed)
     observations, rewards = [np.asarray(obs, dtype=np.float64)], []
     terminated = False

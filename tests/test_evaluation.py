@@ -1,0 +1,160 @@
+"""Evaluation tables and figures: step labels, methods evaluated at step 0 only, metrics, any task value."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+
+from metarl.build import build_policy
+from metarl.config import load_config
+from metarl.evaluation import (
+    evaluate_adaptation,
+    is_scalar_value,
+    markdown_table,
+    mean_ci95,
+    returns_by_task_parameter,
+    steps_label,
+)
+from metarl.plots import is_flat, plot_adaptation_curves
+from metarl.reporting import to_json, write_json
+from tests.third_party_env import GOAL_POINT
+
+matplotlib.use("Agg")
+
+
+def steps(values: list[float], key: str = "mean_return", ci: float = 1.0) -> list[dict[str, Any]]:
+    return [{"step": k, key: v, "ci95": ci} for k, v in enumerate(values)]
+
+
+@pytest.fixture
+def saved_figures(monkeypatch: pytest.MonkeyPatch) -> list[Figure]:
+    """Every matplotlib figure saved during the test (still inspectable after it is closed)."""
+    figures: list[Figure] = []
+    original = Figure.savefig
+
+    def record(self: Figure, *args: Any, **kwargs: Any) -> None:
+        figures.append(self)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", record)
+    return figures
+
+
+def test_steps_label_is_singular_for_one_step() -> None:
+    assert [steps_label(k) for k in range(3)] == ["0 steps", "1 step", "2 steps"]
+
+
+def test_mean_ci95() -> None:
+    mean, ci = mean_ci95([1.0, 3.0])
+    assert mean == 2.0 and ci == pytest.approx(1.96 * np.sqrt(2) / np.sqrt(2))
+    assert np.isnan(mean_ci95([5.0])[1])
+
+
+def test_markdown_table_shows_a_step0_only_method_once() -> None:
+    table = markdown_table({"MAML": {"steps": steps([-40.0, -11.0, -3.0])}, "oracle": {"steps": steps([-5.0])}})
+    rows = table.splitlines()
+    assert rows[0] == "| method (mean return ± 95% CI over tasks) | 0 steps | 1 step | 2 steps |"
+    assert rows[2] == "| MAML | -40.00 ± 1.00 | -11.00 ± 1.00 | -3.00 ± 1.00 |"
+    assert rows[3] == "| oracle | -5.00 ± 1.00 | – | – |"
+    assert table.count("-5.00") == 1
+
+
+def test_markdown_table_names_the_supervised_metric() -> None:
+    table = markdown_table({"MAML": {"steps": steps([2.5, 0.5], key="mse", ci=0.1)}}, key="mse", digits=3)
+    assert table.splitlines()[0] == "| method (mean MSE ± 95% CI over tasks) | 0 steps | 1 step |"
+    assert "| MAML | 2.500 ± 0.100 | 0.500 ± 0.100 |" in table
+    assert "return" not in table
+    with pytest.raises(ValueError, match="at least one method"):
+        markdown_table({})
+
+
+def test_returns_by_task_parameter_bins_hand_computed() -> None:
+    result = {"tasks": [{"velocity": v} for v in (1.5, 0.1, 0.9, 0.3)],
+              "per_task": [[-30.0, -10.0, -20.0, -12.0], [-15.0, -5.0, -9.0, -7.0]]}
+    rows = returns_by_task_parameter(result, num_bins=2).splitlines()  # type: ignore[union-attr]
+    assert rows[0] == "| velocity | tasks | 0 steps | 1 step |"
+    assert rows[2] == "| 0.10 to 0.30 | 2 | -11.00 | -6.00 |"  # tasks with goals 0.1 and 0.3
+    assert rows[3] == "| 0.90 to 1.50 | 2 | -25.00 | -12.00 |"
+
+
+def test_returns_by_task_parameter_numpy_scalars_and_strings() -> None:
+    directions = {"tasks": [{"direction": np.float32(d)} for d in (1.0, -1.0, 1.0)], "per_task": [[1.0, 2.0, 3.0]]}
+    assert returns_by_task_parameter(directions).splitlines()[2:] == [  # type: ignore[union-attr]
+        "| -1.00 to -1.00 | 1 | 2.00 |",
+        "| 1.00 to 1.00 | 2 | 2.00 |",
+    ]
+    zero_d = {"tasks": [{"g": np.array(v)} for v in (0.5, 0.25)], "per_task": [[1.0, 3.0]]}
+    assert returns_by_task_parameter(zero_d).splitlines()[2:] == [  # type: ignore[union-attr]
+        "| 0.25 to 0.25 | 1 | 3.00 |",
+        "| 0.50 to 0.50 | 1 | 1.00 |",
+    ]
+    labels = {"tasks": [{"terrain": t} for t in ("ice", "sand", "ice")], "per_task": [[1.0, 2.0, 5.0]]}
+    assert returns_by_task_parameter(labels).splitlines()[2:] == [  # type: ignore[union-attr]
+        "| ice | 2 | 3.00 |",
+        "| sand | 1 | 2.00 |",
+    ]
+
+
+@pytest.mark.parametrize(
+    "value,kind", [(np.array([0.1, 0.2]), "an array of shape (2,)"), ([0.1, 0.2, 0.3], "a list of 3 values")]
+)
+def test_returns_by_task_parameter_says_when_a_parameter_is_not_scalar(value: Any, kind: str) -> None:
+    result = {"tasks": [{"goal": value}] * 4, "per_task": [[0.0, 1.0, 2.0, 3.0]]}
+    note = returns_by_task_parameter(result)
+    assert note is not None and "\n" not in note and "|" not in note
+    assert f"'goal' is {kind}, not a scalar" in note
+
+
+def test_returns_by_task_parameter_none_without_a_single_parameter() -> None:
+    goals_2d = {"tasks": [{"x": 0.0, "y": 1.0}] * 4, "per_task": [[0.0] * 4]}
+    assert returns_by_task_parameter(goals_2d) is None
+    assert returns_by_task_parameter({"tasks": [], "per_task": []}) is None
+    with pytest.raises(ValueError, match="num_bins"):
+        returns_by_task_parameter(goals_2d, num_bins=0)
+
+
+def test_is_scalar_value() -> None:
+    assert all(map(is_scalar_value, [1, 2.5, np.float64(1.0), np.int32(3), np.array(2.0), "left", True]))
+    assert not any(map(is_scalar_value, [np.zeros(1), [1.0], (1.0, 2.0), {"a": 1}, None, 1j]))
+
+
+def test_evaluation_of_an_array_valued_task_env_writes_json(tmp_path: Path) -> None:
+    config = load_config(None, [f"env.id={GOAL_POINT}", "env.horizon=5", "policy.hidden_sizes=[4]"])
+    result = evaluate_adaptation(build_policy(config, 1, 1), config, num_tasks=3, num_steps=1, episodes_per_step=2)
+    assert all(isinstance(t["goal"], np.ndarray) for t in result["tasks"])
+    with pytest.raises(TypeError):
+        json.dumps(result)  # what a bare json.dumps would do; the writers use reporting.to_json
+    written = json.loads(write_json(tmp_path / "evaluation.json", result).read_text())
+    assert written["tasks"] == [{"goal": t["goal"].tolist()} for t in result["tasks"]]
+    assert json.loads(to_json(result))["per_task"] == result["per_task"]
+    assert [s["step"] for s in written["steps"]] == [0, 1]
+
+
+def test_plot_labels_error_bars_and_draws_step0_methods_flat(tmp_path: Path, saved_figures: list[Figure]) -> None:
+    results = {"MAML": {"steps": steps([-40.0, -20.0, -10.0, -5.0], ci=2.0)},
+               "oracle": {"steps": steps([-3.0]), "adapted": False}}
+    path = plot_adaptation_curves(results, tmp_path / "f.png", "test",
+                                  reference={"MAML (paper)": [-39, -11, -3.3, -3.1]})
+    assert path.stat().st_size > 0
+    (ax,) = saved_figures[0].axes
+    assert ax.get_xlabel() == "number of gradient steps"
+    assert "95% CI over tasks" in ax.get_ylabel() and ax.get_ylabel().startswith("return")
+    legend = ax.get_legend()
+    assert "95% CI over tasks" in legend.get_title().get_text()
+    labels = [t.get_text() for t in legend.get_texts()]
+    assert labels == ["MAML", "oracle (no adaptation; band: 95% CI)", "MAML (paper)"]
+    flat_line = [line for line in ax.get_lines() if list(line.get_ydata()) == [-3.0, -3.0]]
+    assert len(flat_line) == 1  # the oracle: one horizontal line, not a point per step
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "1", "2", "3"]
+
+
+def test_plot_of_mse_names_the_metric(tmp_path: Path, saved_figures: list[Figure]) -> None:
+    plot_adaptation_curves({"MAML": {"steps": steps([2.0, 0.5], key="mse")}}, tmp_path / "m.png", "mse", key="mse")
+    assert saved_figures[0].axes[0].get_ylabel().startswith("MSE")
+    assert is_flat({"steps": steps([1.0])}) and not is_flat({"steps": steps([1.0, 2.0])})
