@@ -26,10 +26,11 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import torch
 
-from benchmarks.common import add_results, command_line, log, make_parser, run_main
+from benchmarks.common import BenchParser, add_results, command_line, log, make_parser, run_main
 from metarl.build import adaptation_settings, iteration_rngs, make_sampler, task_env, trpo_settings
 from metarl.checkpoint import load_checkpoint
 from metarl.cli import positive
@@ -68,7 +69,7 @@ def snapshot(policy: GaussianMLPPolicy, batch: MetaBatch, adaptation: Adaptation
     return old, loss.item()
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> BenchParser:
     """The command-line flags."""
     parser = make_parser(MODULE, __doc__)
     parser.add_argument("--run-dir", type=Path, required=True, help="run directory or checkpoint file")
@@ -98,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
     env = task_env(config)
     sampler = make_sampler(config, m.meta_batch_size, m.episodes_per_task)
     adaptation, base = adaptation_settings(config.maml), trpo_settings(config.outer)
-    options = [(curvature, sub) for curvature in ("exact", "fisher") for sub in subsamples]
+    curvatures: tuple[Literal["exact", "fisher"], ...] = ("exact", "fisher")
+    options = [(curvature, sub) for curvature in curvatures for sub in subsamples]
     rows: dict[str, list[dict[str, float]]] = {f"{c}, hvp_subsample {s:g}": [] for c, s in options}
     batches = []
     try:

@@ -26,10 +26,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import CONFIGS, add_progress, add_results, command_line, log, make_parser, run_main
+from benchmarks.common import (
+    CONFIGS,
+    BenchParser,
+    add_config,
+    add_progress,
+    add_results,
+    command_line,
+    log,
+    make_parser,
+    run_main,
+)
 from metarl.build import build_policy, horizon
 from metarl.checkpoint import has_checkpoint, load_checkpoint
-from metarl.cli import add_config_flags, non_negative, positive
+from metarl.cli import non_negative, positive
 from metarl.config import Config, load_config
 from metarl.evaluation import evaluate_adaptation, markdown_table, returns_by_task_parameter
 from metarl.paper import ONE_STEP_TARGETS, rl_reference
@@ -65,11 +75,10 @@ def protocol_section(config: Config, results: dict[str, dict[str, Any]], num_tas
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> BenchParser:
     """The command-line flags."""
     parser = make_parser(MODULE, __doc__)
-    add_config_flags(parser)
-    parser.set_defaults(config=CONFIGS / "navigation2d.yaml")
+    add_config(parser, CONFIGS / "navigation2d.yaml")
     parser.add_argument("--run-dir", type=Path, help="run directory to train into (default: runs/bench_<env>)")
     parser.add_argument("--iterations", type=positive, help="train.iterations (default: the config's)")
     parser.add_argument("--seed", type=non_negative, help="train.seed (evaluation tasks come from eval.seed)")

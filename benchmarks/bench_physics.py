@@ -49,9 +49,9 @@ import numpy as np
 import torch
 from mujoco import rollout
 
-from benchmarks.common import CONFIGS, add_results, command_line, log, make_parser, run_main
+from benchmarks.common import CONFIGS, BenchParser, add_config, add_results, command_line, log, make_parser, run_main
 from metarl.build import horizon
-from metarl.cli import add_config_flags, non_negative, positive
+from metarl.cli import non_negative, positive
 from metarl.config import load_config
 from metarl.errors import ConfigError
 from metarl.policy import GaussianMLPPolicy
@@ -65,11 +65,10 @@ SAMPLER_SYNC = "(d) metarl Sampler on SyncVectorEnv, policy forward included"
 SAMPLER_BATCHED = "(e) metarl Sampler on the batched env, policy forward included"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> BenchParser:
     """The command-line flags."""
     parser = make_parser(MODULE, __doc__)
-    add_config_flags(parser)
-    parser.set_defaults(config=CONFIGS / "halfcheetah_vel.yaml")
+    add_config(parser, CONFIGS / "halfcheetah_vel.yaml")
     parser.add_argument("--num-tasks", type=positive, default=40, help="tasks of the meta-batch (default 40)")
     parser.add_argument("--episodes", type=positive, default=20, help="episodes per task (default 20)")
     parser.add_argument("--horizon", type=positive, help="env steps per episode (default: the config's horizon)")
@@ -153,7 +152,7 @@ def ceiling_inputs(
     ``frame_skip`` physics steps.
     """
     num_envs = actions.shape[1]
-    env = gymnasium.make(env_id, **env_kwargs).unwrapped
+    env: Any = gymnasium.make(env_id, **env_kwargs).unwrapped
     model, frame_skip = env.model, env.frame_skip
     spec = mujoco.mjtState.mjSTATE_FULLPHYSICS
     initial = np.empty((num_envs, mujoco.mj_stateSize(model, spec)))
@@ -198,11 +197,11 @@ def time_sampler(
     """
     vector_kwargs = {"num_threads": threads} if vectorization == "native" else {}
     sampler = Sampler(env_id, tasks, episodes_per_task, steps, env_kwargs, vector_kwargs, vectorization)  # type: ignore[arg-type]
-    env = gymnasium.make(env_id, **env_kwargs).unwrapped
+    env: Any = gymnasium.make(env_id, **env_kwargs).unwrapped
     policy = GaussianMLPPolicy(env.observation_space.shape[0], env.action_space.shape[0], (64, 64), "tanh")
     policy.reset_parameters(torch.Generator().manual_seed(seed))
     rng = np.random.default_rng(seed)
-    task_list = env.sample_tasks(tasks, rng)  # type: ignore[attr-defined]
+    task_list = env.sample_tasks(tasks, rng)
     try:
         start = time.perf_counter()
         episodes = sampler.collect(policy, policy.params(), task_list, rng, torch.Generator().manual_seed(seed))
@@ -251,15 +250,15 @@ def markdown_table(args: argparse.Namespace, rates: dict[str, float]) -> str:
 def run(args: argparse.Namespace) -> int:
     """Time every method (repeats interleaved), print and write the table."""
     resolve(args)
-    space = gymnasium.make(args.env, **args.env_kwargs).action_space
+    space: Any = gymnasium.make(args.env, **args.env_kwargs).action_space
     actions = random_actions(space, args.horizon, args.num_envs, args.seed)
-    measures = {
+    measures: dict[str, Callable[[], tuple[float, int]]] = {
         SYNC: lambda: time_sync(args.env, actions, args.seed, args.env_kwargs),
         "(b) metarl batched env": lambda: time_batched(args.env, actions, args.seed, args.threads, args.env_kwargs),
         CEILING: lambda: time_rollout_ceiling(args.env, actions, args.seed, args.threads, args.env_kwargs),
     }
     for label, mode in ((SAMPLER_SYNC, "sync"), (SAMPLER_BATCHED, "native")):
-        measures[label] = lambda mode=mode: time_sampler(
+        measures[label] = lambda mode=mode: time_sampler(  # type: ignore[misc]
             args.env, args.num_tasks, args.episodes, args.horizon, args.seed, args.threads, args.env_kwargs, mode
         )
     rates = best_rates(measures, args.repeats)

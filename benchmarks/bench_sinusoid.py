@@ -31,10 +31,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.common import CONFIGS, add_progress, add_results, command_line, log, make_parser, run_main
+from benchmarks.common import (
+    CONFIGS,
+    BenchParser,
+    add_config,
+    add_progress,
+    add_results,
+    command_line,
+    log,
+    make_parser,
+    run_main,
+)
 from metarl.build import build_policy, io_dims, task_env
 from metarl.checkpoint import has_checkpoint
-from metarl.cli import add_config_flags, non_negative, positive
+from metarl.cli import non_negative, positive
 from metarl.config import Config, load_config
 from metarl.paper import SINUSOID_ITERATIONS, SINUSOID_MSE
 from metarl.policy import GaussianMLPPolicy
@@ -215,11 +225,10 @@ def plot(models: dict[str, GaussianMLPPolicy], config: Config, path: Path, seed:
     plt.close(fig)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> BenchParser:
     """The command-line flags."""
     parser = make_parser(MODULE, __doc__)
-    add_config_flags(parser)
-    parser.set_defaults(config=CONFIGS / "sinusoid_supervised.yaml")
+    add_config(parser, CONFIGS / "sinusoid_supervised.yaml")
     parser.add_argument("--iterations", type=positive, default=30000, help="meta-iterations of second-order MAML (K=5)")
     parser.add_argument(
         "--fo-iterations", type=positive, help="meta-iterations of first-order MAML (default: --iterations)"

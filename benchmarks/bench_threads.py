@@ -37,9 +37,20 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import CONFIGS, ROOT, add_results, command_line, log, make_parser, report, run_main
+from benchmarks.common import (
+    CONFIGS,
+    ROOT,
+    BenchParser,
+    add_config,
+    add_results,
+    command_line,
+    log,
+    make_parser,
+    report,
+    run_main,
+)
 from metarl.checkpoint import load_checkpoint
-from metarl.cli import add_config_flags, non_negative, positive
+from metarl.cli import non_negative, positive
 from metarl.config import Config, from_dict, load_config, to_dict
 from metarl.errors import MetarlError, RunDirError
 from metarl.loop import holds_run, run_training
@@ -285,7 +296,7 @@ def markdown(summary: dict[str, dict[str, Any]], det: dict[str, Any], config: Co
     lines += ["", "Determinism (same seed in every run):", ""]
     for label, d in det["same_setting"].items():
         verdict = "identical" if d["identical"] else f"NOT identical (max difference {d['max_abs_difference']:.3g})"
-        lines.append(f"- setting {label}, {d['runs']} runs (quiet and busy, all repeats): final parameters {verdict}")
+        lines.append(f"- setting {label}, {d['runs']} runs (every condition and repeat): final parameters {verdict}")
     for label, d in det["across_settings"].items():
         if d["identical"]:
             lines.append(f"- {label}: final parameters identical")
@@ -310,11 +321,10 @@ def fastest(summary: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
 # --------------------------------------------------------------------------- command line
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> BenchParser:
     """The command-line flags."""
     parser = make_parser(MODULE, __doc__)
-    add_config_flags(parser)
-    parser.set_defaults(config=CONFIGS / "navigation2d.yaml")
+    add_config(parser, CONFIGS / "navigation2d.yaml")
     parser.add_argument("--iterations", type=positive, default=10, help="measured meta-iterations per run (default 10)")
     parser.add_argument(
         "--warmup", type=non_negative, default=2, help="warm-up meta-iterations, not measured (default 2)"

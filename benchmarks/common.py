@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from metarl.cli import add_config_flags
 from metarl.errors import MetarlError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,6 +47,14 @@ def make_parser(module: str, doc: str | None) -> BenchParser:
     )
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     return parser
+
+
+def add_config(parser: argparse.ArgumentParser, default: Path) -> None:
+    """``--config`` (defaulting to ``default``, a file under configs/) and ``--set``, as in the ``metarl`` command."""
+    add_config_flags(parser)
+    parser.set_defaults(config=default)
+    action = parser._option_string_actions["--config"]
+    action.help = f"YAML config (default: {default.relative_to(ROOT) if default.is_relative_to(ROOT) else default})"
 
 
 def add_progress(parser: argparse.ArgumentParser) -> None:

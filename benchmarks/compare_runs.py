@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import add_results, command_line, log, make_parser, run_main
+from benchmarks.common import BenchParser, add_results, command_line, log, make_parser, run_main
 from metarl.build import iteration_rngs, task_env
 from metarl.cli import non_negative
 from metarl.config import Config, load_config
@@ -103,7 +103,7 @@ def median_seconds(rows: list[dict[str, Any]], first: int, last: int) -> float |
     return timing_summary(chosen)["median_s_per_iteration"] if chosen else None
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> BenchParser:
     """The command-line flags."""
     parser = make_parser(MODULE, __doc__)
     parser.add_argument("run_a", type=Path, metavar="RUN_A", help="run directory A (the reference)")
@@ -132,7 +132,8 @@ def run(args: argparse.Namespace) -> int:
     rows_a, rows_b = read_metrics(args.run_a), read_metrics(args.run_b)
     diffs = {key: paired_difference(rows_a, rows_b, key, args.first, args.last) for key in keys}
     span = next(iter(diffs.values()))
-    problems = pairing_problems(config_a, config_b, range(span["first"], span["first"] + CHECKED_DRAWS))
+    first, last = int(span["first"]), int(span["last"])
+    problems = pairing_problems(config_a, config_b, range(first, first + CHECKED_DRAWS))
     if problems and not args.allow_different_seeds:
         raise DifferentRuns(
             f"{args.run_a} and {args.run_b} are not a paired comparison: {'; '.join(problems)} "
@@ -155,8 +156,8 @@ def run(args: argparse.Namespace) -> int:
         "|---|---:|---:|",
     ]
     lines += [f"| {key} | {d['mean']:+.2f} | {d['se']:.2f} |" for key, d in diffs.items()]
-    sec_a = median_seconds(rows_a, span["first"], span["last"])
-    sec_b = median_seconds(rows_b, span["first"], span["last"])
+    sec_a = median_seconds(rows_a, first, last)
+    sec_b = median_seconds(rows_b, first, last)
     if sec_a is not None and sec_b is not None:
         lines += ["", f"Median seconds per meta-iteration: A {sec_a:.1f}, B {sec_b:.1f}."]
     text = "\n".join(lines)

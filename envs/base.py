@@ -22,7 +22,7 @@ import gymnasium
 import numpy as np
 from gymnasium.vector import AutoresetMode
 
-Task = Mapping[str, float]
+Task = Mapping[str, Any]
 """A task is a small mapping of named parameters, e.g. ``{"goal_x": 0.1, "goal_y": -0.3}``."""
 
 

@@ -55,7 +55,7 @@ from torch import nn
 from metarl.build import horizon, torch_dtype
 from metarl.config import Config, PolicyConfig
 from metarl.envs.base import Task, check_task_env
-from metarl.errors import MetarlError
+from metarl.errors import BaselineError
 from metarl.evaluation import describe_value
 from metarl.policy import GaussianMLPPolicy
 from metarl.reporting import to_json, write_json
@@ -65,10 +65,6 @@ Role = Literal["pretrained", "oracle"]
 ROLE_SEED_INDEX: dict[str, int] = {"pretrained": 1, "oracle": 3}
 """Mixed into each role's SB3 training seeds (the roles' positions in ``maml,pretrained,random,oracle``)."""
 ACTIVATION_MODULES: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
-
-
-class BaselineError(MetarlError, ValueError):
-    """A baseline that cannot be built for this env or config (reported as one ``error:`` line)."""
 
 
 Log = Callable[[str], None]

@@ -32,7 +32,7 @@ from metarl.baselines import (
 from metarl.build import build_policy, horizon
 from metarl.checkpoint import load_checkpoint
 from metarl.config import Config
-from metarl.errors import MetarlError
+from metarl.errors import BenchmarkError
 from metarl.evaluation import evaluate_adaptation, markdown_table
 from metarl.maml import inner_step_sizes
 from metarl.paper import rl_reference
@@ -42,10 +42,6 @@ METHODS = ("maml", "pretrained", "random", "oracle")
 DISPLAY_NAMES = {"maml": "MAML", "pretrained": "pretrained", "random": "random", "oracle": "oracle"}
 
 Log = Callable[[str], None]
-
-
-class BenchmarkError(MetarlError, ValueError):
-    """A benchmark request that cannot run: unknown methods, a supervised checkpoint, a bad protocol."""
 
 
 def _quiet(_: str) -> None:

@@ -216,9 +216,10 @@ def _coerce(key: str, value: Any, tp: Any, meta: dict[str, Any]) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise bad()
     elif tp is float:
-        value = _to_float(value)
-        if value is None or not math.isfinite(value):
-            raise bad()
+        number = _to_float(value)
+        if number is None or not math.isfinite(number):
+            raise bad()  # names the value as given (e.g. 'abc'), not its conversion
+        value = number
     elif tp is dict:
         if not isinstance(value, dict):
             raise bad()

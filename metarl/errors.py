@@ -35,3 +35,15 @@ class TrainingDiverged(MetarlError):
     """Training produced a non-finite or exploding value; the last good checkpoint is kept."""
 
     exit_code = 3
+
+
+class BaselineError(MetarlError, ValueError):
+    """A baseline that cannot be built for this env or config (reported as one ``error:`` line)."""
+
+
+class BenchmarkError(MetarlError, ValueError):
+    """A benchmark request that cannot run: unknown methods, a supervised checkpoint, a bad protocol."""
+
+
+class RenderError(MetarlError, ValueError):
+    """A task spec, task count or env that cannot be rendered (reported as one ``error:`` line)."""

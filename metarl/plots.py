@@ -64,26 +64,32 @@ def plot_adaptation_curves(
         for ref in (reference or {}).values():
             max_step = max(max_step, len(ref) - 1)
         colors = {name: STEP_COLORS[i % len(STEP_COLORS)] for i, name in enumerate(results)}
+        handles: list[Any] = []  # legend in the order of the methods, then the references
         for name, result in results.items():
             color = colors[name]
             steps = np.array([s["step"] for s in result["steps"]])
             mean = np.array([s[key] for s in result["steps"]], dtype=float)
             ci = np.nan_to_num(np.array([s["ci95"] for s in result["steps"]], dtype=float))
             if name in flat or is_flat(result):
-                ax.axhline(mean[0], color=color, ls="--", lw=1.5, label=f"{name} (no adaptation; band: 95% CI)")
+                handles.append(
+                    ax.axhline(mean[0], color=color, ls="--", lw=1.5, label=f"{name} (no adaptation; band: 95% CI)")
+                )
                 ax.axhspan(mean[0] - ci[0], mean[0] + ci[0], color=color, alpha=0.15)
             else:
-                ax.errorbar(steps, mean, yerr=ci, color=color, marker="o", ms=5, capsize=4, lw=1.8, label=name)
+                handles.append(
+                    ax.errorbar(steps, mean, yerr=ci, color=color, marker="o", ms=5, capsize=4, lw=1.8, label=name)
+                )
         for j, (name, values) in enumerate((reference or {}).items()):
             # "MAML (paper)" takes the colour of "MAML"
             color = colors.get(name.split(" (")[0], STEP_COLORS[(len(results) + j) % len(STEP_COLORS)])
-            ax.plot(range(len(values)), values, ":", marker="x", color=color, alpha=0.6, lw=1, label=name)
+            handles += ax.plot(range(len(values)), values, ":", marker="x", color=color, alpha=0.6, lw=1, label=name)
         ax.set_xticks(range(max_step + 1))
         ax.set_xlabel("number of gradient steps")
         ax.set_ylabel(f"{metric_name(key)} ({CI_LABEL})")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(
+            handles=handles,
             fontsize=8,
             loc="upper left",
             bbox_to_anchor=(1.02, 1.0),

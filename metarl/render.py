@@ -38,7 +38,7 @@ from metarl.build import adaptation_settings, horizon, make_sampler, task_env, t
 from metarl.checkpoint import load_checkpoint
 from metarl.config import Config
 from metarl.envs.base import Task
-from metarl.errors import MetarlError
+from metarl.errors import RenderError
 from metarl.evaluation import is_scalar_value, steps_label
 from metarl.maml import inner_step_sizes, sample_meta_batch
 from metarl.plots import STEP_COLORS, pyplot
@@ -46,10 +46,6 @@ from metarl.policy import GaussianMLPPolicy, Params, is_stacked, stack_params
 from metarl.reporting import env_slug, write_json
 
 RenderKind = Literal["video", "navigation", "sinusoid"]
-
-
-class RenderError(MetarlError, ValueError):
-    """A task spec, task count or env that cannot be rendered (reported as one ``error:`` line)."""
 
 
 # --------------------------------------------------------------------------- inputs
@@ -161,7 +157,14 @@ def format_value(value: Any, digits: int = 2) -> str:
         array = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
         return str(value)
-    return np.array2string(array, precision=digits, separator=", ", floatmode="fixed", max_line_width=10_000)
+    return _format_array(array, digits)
+
+
+def _format_array(array: np.ndarray, digits: int) -> str:
+    """``[0.10, -0.30]`` / ``[[1.00, 0.00], [0.00, 1.00]]`` on one line."""
+    if array.ndim == 0:
+        return f"{float(array):.{digits}f}"
+    return "[" + ", ".join(_format_array(part, digits) for part in array) + "]"
 
 
 def format_task(task: Mapping[str, Any], digits: int = 2) -> str:
@@ -654,7 +657,7 @@ def render_sinusoid(
             if support is not None:
                 ax.plot(support[0][i, :, 0], support[1][i, :, 0], "^", color="purple", ms=7, label="shots")
             ax.set_xlabel("x", fontsize=8)
-            ax.set_ylabel("y = A sin(x - phase)", fontsize=8)
+            ax.set_ylabel("y = A sin(x + phase)", fontsize=8)
             ax.set_title(f"A={float(task['amplitude']):.2f}, phase={float(task['phase']):.2f}", fontsize=10)
             ax.legend(fontsize=7)
         for j in range(n, rows * cols):

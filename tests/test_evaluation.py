@@ -75,8 +75,10 @@ def test_markdown_table_names_the_supervised_metric() -> None:
 
 
 def test_returns_by_task_parameter_bins_hand_computed() -> None:
-    result = {"tasks": [{"velocity": v} for v in (1.5, 0.1, 0.9, 0.3)],
-              "per_task": [[-30.0, -10.0, -20.0, -12.0], [-15.0, -5.0, -9.0, -7.0]]}
+    result = {
+        "tasks": [{"velocity": v} for v in (1.5, 0.1, 0.9, 0.3)],
+        "per_task": [[-30.0, -10.0, -20.0, -12.0], [-15.0, -5.0, -9.0, -7.0]],
+    }
     rows = returns_by_task_parameter(result, num_bins=2).splitlines()  # type: ignore[union-attr]
     assert rows[0] == "| velocity | tasks | 0 steps | 1 step |"
     assert rows[2] == "| 0.10 to 0.30 | 2 | -11.00 | -6.00 |"  # tasks with goals 0.1 and 0.3
@@ -137,10 +139,13 @@ def test_evaluation_of_an_array_valued_task_env_writes_json(tmp_path: Path) -> N
 
 
 def test_plot_labels_error_bars_and_draws_step0_methods_flat(tmp_path: Path, saved_figures: list[Figure]) -> None:
-    results = {"MAML": {"steps": steps([-40.0, -20.0, -10.0, -5.0], ci=2.0)},
-               "oracle": {"steps": steps([-3.0]), "adapted": False}}
-    path = plot_adaptation_curves(results, tmp_path / "f.png", "test",
-                                  reference={"MAML (paper)": [-39, -11, -3.3, -3.1]})
+    results = {
+        "MAML": {"steps": steps([-40.0, -20.0, -10.0, -5.0], ci=2.0)},
+        "oracle": {"steps": steps([-3.0]), "adapted": False},
+    }
+    path = plot_adaptation_curves(
+        results, tmp_path / "f.png", "test", reference={"MAML (paper)": [-39, -11, -3.3, -3.1]}
+    )
     assert path.stat().st_size > 0
     (ax,) = saved_figures[0].axes
     assert ax.get_xlabel() == "number of gradient steps"

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from metarl.episodes import Episodes
-from metarl.evaluation import returns_by_task_parameter
 from metarl.maml import (
     MetaBatch,
     adapt,
@@ -124,26 +123,6 @@ def test_one_forward_surrogate_equals_snapshot_then_surrogate(tiny_policy: Gauss
     g_ref = torch.autograd.grad(reference, list(params.values()))
     torch.testing.assert_close(flatten(dict(enumerate(g))), flatten(dict(enumerate(g_ref))), rtol=1e-10, atol=1e-12)
     assert flatten(dict(enumerate(g))).abs().max() > 1e-6
-
-
-def test_returns_by_task_parameter_bins_hand_computed() -> None:
-    result = {
-        "tasks": [{"velocity": v} for v in (1.5, 0.1, 0.9, 0.3)],
-        "per_task": [[-30.0, -10.0, -20.0, -12.0], [-15.0, -5.0, -9.0, -7.0]],
-    }
-    table = returns_by_task_parameter(result, num_bins=2)
-    assert table is not None
-    rows = table.splitlines()
-    assert rows[0] == "| velocity | tasks | 0 steps | 1 step |"
-    assert rows[2] == "| 0.10 to 0.30 | 2 | -11.00 | -6.00 |"  # tasks with goals 0.1 and 0.3
-    assert rows[3] == "| 0.90 to 1.50 | 2 | -25.00 | -12.00 |"
-    directions = {"tasks": [{"direction": d} for d in (1.0, -1.0, 1.0)], "per_task": [[1.0, 2.0, 3.0]]}
-    assert returns_by_task_parameter(directions).splitlines()[2:] == [
-        "| -1.00 to -1.00 | 1 | 2.00 |",
-        "| 1.00 to 1.00 | 2 | 2.00 |",
-    ]
-    goals_2d = {"tasks": [{"x": 0.0, "y": 1.0}] * 4, "per_task": [[0.0] * 4]}
-    assert returns_by_task_parameter(goals_2d) is None
 
 
 def test_lvc_inner_loss_same_gradient_hessian_adds_score_outer_products(tiny_policy: GaussianMLPPolicy) -> None:

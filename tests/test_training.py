@@ -1,8 +1,9 @@
-"""End-to-end: tiny training runs, determinism, resume, divergence handling, scripts."""
+"""End to end: tiny training runs, determinism, resume (TRPO and Adam), divergence, train -> evaluate."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,44 +11,73 @@ import torch
 
 import metarl.trainer as trainer
 from metarl.checkpoint import load_checkpoint
-from metarl.config import load_config
+from metarl.cli import main
+from metarl.config import Config, load_config
+from metarl.errors import CheckpointError, TrainingDiverged
+from metarl.policy import GaussianMLPPolicy
 from metarl.reporting import timing_summary
-from metarl.trpo import NonFiniteError
-from scripts import evaluate as evaluate_script
-from scripts import train as train_script
 
 TINY = [
-    "maml.meta_batch_size=3", "maml.episodes_per_task=4", "env.horizon=15",
-    "policy.hidden_sizes=[16]", "train.checkpoint_every=2",
+    "maml.meta_batch_size=3",
+    "maml.episodes_per_task=4",
+    "env.horizon=15",
+    "policy.hidden_sizes=[16]",
+    "train.checkpoint_every=2",
+    "train.num_threads=1",  # same seed and same thread count => bitwise identical parameters
 ]
 
 
-def tiny_config(*extra: str, iterations: int = 3):
+@pytest.fixture(autouse=True)
+def restore_torch_threads() -> Iterator[None]:
+    """Training sets torch's thread count for the process; give the other tests theirs back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_config(*extra: str, iterations: int = 3) -> Config:
     return load_config(None, [*TINY, f"train.iterations={iterations}", *extra])
+
+
+def cli_flags(*extra: str) -> list[str]:
+    return [f"--set={s}" for s in [*TINY, *extra]] + ["--no-progress"]
 
 
 def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def flat(policy) -> torch.Tensor:
+def flat(policy: GaussianMLPPolicy) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1) for p in policy.parameters()])
 
 
-@pytest.mark.parametrize("extra", [[], ["maml.first_order=true"], ["outer.optimizer=adam"], ["maml.num_inner_steps=2"]])
+def same_parameters(a: GaussianMLPPolicy, b: GaussianMLPPolicy) -> bool:
+    """Bitwise equality of every parameter, dtype included."""
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize(
+    "extra", [[], ["maml.first_order=true"], ["outer.optimizer=adam"], ["maml.num_inner_steps=2"]], ids=str
+)
 def test_tiny_training_run_writes_logs_and_checkpoints(tmp_path: Path, extra: list[str]) -> None:
     result = trainer.train(tiny_config(*extra), tmp_path, progress=False)
-    assert (tmp_path / "config.yaml").is_file()
+    assert (tmp_path / "config.yaml").is_file() and load_config(tmp_path / "config.yaml") == tiny_config(*extra)
     assert list(tmp_path.glob("events.out.tfevents.*"))
-    assert (tmp_path / "checkpoints" / "checkpoint_000002.pt").is_file()
-    assert load_checkpoint(tmp_path)["iteration"] == 3
+    # after the first iteration, every checkpoint_every (2), and at the end
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["checkpoint_000001.pt", "checkpoint_000002.pt", "checkpoint_000003.pt", "latest.pt"]
+    assert load_checkpoint(tmp_path).iteration == 3 and result.iteration == 3
     rows = metrics(tmp_path)
     assert [r["iteration"] for r in rows] == [0, 1, 2]
     assert all("meta/return_post" in r and "perf/env_steps_per_s" in r for r in rows)
     # the split: sampler time, advantages + inner steps between samplings, meta-update
-    assert all(r["perf/time_sampling_s"] > 0 and r["perf/time_adapt_s"] > 0 and r["perf/time_learning_s"] > 0
-               for r in rows)
-    assert result.checkpoint.is_file()
+    assert all(
+        r["perf/time_sampling_s"] > 0 and r["perf/time_adapt_s"] > 0 and r["perf/time_learning_s"] > 0 for r in rows
+    )
+    assert result.checkpoint == tmp_path / "checkpoints" / "checkpoint_000003.pt"
+    assert same_parameters(load_checkpoint(result.checkpoint).policy, result.policy)
+    assert not (tmp_path / ".lock").exists()  # released at the end
 
 
 def test_timing_summary_splits_sampling_and_learner() -> None:
@@ -63,26 +93,45 @@ def test_timing_summary_splits_sampling_and_learner() -> None:
     assert timing["learner_fraction"] == pytest.approx(0.3)  # median of 0.4, 0.2, 0.3
 
 
-def test_same_seed_gives_identical_parameters(tmp_path: Path) -> None:
+def test_same_seed_and_threads_give_identical_parameters(tmp_path: Path) -> None:
     a = trainer.train(tiny_config(), tmp_path / "a", progress=False)
     b = trainer.train(tiny_config(), tmp_path / "b", progress=False)
     c = trainer.train(tiny_config("train.seed=1"), tmp_path / "c", progress=False)
-    assert torch.equal(flat(a.policy), flat(b.policy))
+    assert same_parameters(a.policy, b.policy)
     assert not torch.equal(flat(a.policy), flat(c.policy))
+    assert not torch.equal(flat(a.policy), flat(trainer.make_algorithm(tiny_config()).policy))  # it did learn
 
 
-def test_resume_continues_the_same_curve(tmp_path: Path) -> None:
-    full = trainer.train(tiny_config(iterations=4), tmp_path / "full", progress=False)
-    trainer.train(tiny_config(iterations=2), tmp_path / "part", progress=False)
+@pytest.mark.parametrize("optimizer", ["trpo", "adam"])
+def test_resume_is_identical_to_an_uninterrupted_run(tmp_path: Path, optimizer: str) -> None:
+    """Resume restores the parameters and (Adam) the optimiser state: the curve continues exactly."""
+    extra = f"outer.optimizer={optimizer}"
+    full = trainer.train(tiny_config(extra, iterations=4), tmp_path / "full", progress=False)
+    trainer.train(tiny_config(extra, iterations=2), tmp_path / "part", progress=False)
     with open(tmp_path / "part" / "metrics.jsonl", "a") as f:  # a kill after logging iteration 2, before its checkpoint
         f.write(json.dumps({"iteration": 2, "meta/return_post": 123.0}) + "\n")
-    resumed = trainer.train(tiny_config(iterations=4), tmp_path / "part", resume=True, progress=False)
-    assert torch.equal(flat(full.policy), flat(resumed.policy))
+    resumed = trainer.train(tiny_config(extra, iterations=4), tmp_path / "part", resume=True, progress=False)
+    assert same_parameters(full.policy, resumed.policy)
     assert [r["iteration"] for r in metrics(tmp_path / "part")] == [0, 1, 2, 3]  # the stale row 2 was dropped
-    assert metrics(tmp_path / "full")[2:] == [
-        {**r, **{k: v for k, v in f.items() if k.startswith("perf/")}}
-        for r, f in zip(metrics(tmp_path / "part")[2:], metrics(tmp_path / "full")[2:])
-    ]
+
+    def drop_timing(rows: list[dict]) -> list[dict]:
+        return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows]
+
+    assert drop_timing(metrics(tmp_path / "full")) == drop_timing(metrics(tmp_path / "part"))
+    if optimizer == "adam":
+        full_state = load_checkpoint(tmp_path / "full").optimizer
+        resumed_state = load_checkpoint(tmp_path / "part").optimizer
+        assert full_state is not None and resumed_state is not None
+        for key, state in full_state["state"].items():
+            assert torch.equal(state["exp_avg_sq"], resumed_state["state"][key]["exp_avg_sq"])
+            assert torch.equal(torch.as_tensor(state["step"]), torch.as_tensor(resumed_state["state"][key]["step"]))
+
+
+def test_adam_resume_without_optimiser_state_is_refused(tmp_path: Path) -> None:
+    """A TRPO checkpoint has no Adam moments: resuming it with Adam would silently restart them."""
+    trainer.train(tiny_config(iterations=1), tmp_path, progress=False)
+    with pytest.raises(CheckpointError, match="has no optimiser state, which maml-adam needs to resume"):
+        trainer.train(tiny_config("outer.optimizer=adam", iterations=2), tmp_path, resume=True, progress=False)
 
 
 def test_nan_stops_with_clear_message_and_keeps_last_checkpoint(tmp_path: Path, monkeypatch) -> None:
@@ -91,35 +140,59 @@ def test_nan_stops_with_clear_message_and_keeps_last_checkpoint(tmp_path: Path, 
 
     def poisoned_step(policy, *args):
         calls["n"] += 1
-        if calls["n"] == 3:  # after the checkpoint at iteration 2
+        if calls["n"] == 3:  # iteration 2, after the checkpoint of iteration 2
             with torch.no_grad():
                 policy.layers[0].weight.fill_(float("nan"))
         return real_step(policy, *args)
 
     monkeypatch.setattr(trainer, "trpo_step", poisoned_step)
-    with pytest.raises(trainer.TrainingDiverged, match=r"iteration 2: surrogate loss is not finite .*; stopped, the last good checkpoint is .*checkpoint_000002.pt"):
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"iteration 2: .*not finite.*; stopped, the last good checkpoint is .*checkpoint_000002\.pt",
+    ):
         trainer.train(tiny_config(iterations=4), tmp_path, progress=False)
-    payload = load_checkpoint(tmp_path)
-    assert payload["iteration"] == 2
-    assert all(torch.isfinite(v).all() for v in payload["policy"].values())
-    assert NonFiniteError  # the error type the trainer converts
+    loaded = load_checkpoint(tmp_path)
+    assert loaded.iteration == 2
+    assert all(torch.isfinite(v).all() for v in loaded.policy.state_dict().values())
+    assert TrainingDiverged.exit_code == 3
 
 
-def test_scripts_train_and_evaluate(tmp_path: Path, capsys) -> None:
-    args = ["--iterations", "2", "--output-dir", str(tmp_path / "run"), "--no-progress"]
-    assert train_script.main(args + [f"--set={s}" for s in TINY]) == 0
-    assert evaluate_script.main(["--checkpoint", str(tmp_path / "run"), "--num-tasks", "4",
-                                 "--num-steps", "2", "--episodes-per-step", "3"]) == 0
-    result = json.loads((tmp_path / "run" / "evaluation.json").read_text())
+def test_exploding_parameters_are_a_divergence(tmp_path: Path) -> None:
+    """A finite but useless step (Adam lr 1e30 gave parameters ~1e30) is rejected like a NaN."""
+    with pytest.raises(TrainingDiverged, match=r"iteration 0: .*L2 norm .*outer.max_param_norm.*no checkpoint"):
+        trainer.train(tiny_config("outer.optimizer=adam", "outer.lr=1e30", iterations=2), tmp_path, progress=False)
+    assert not list(tmp_path.glob("checkpoints/*.pt"))
+
+
+def test_float64_trains_and_evaluates_through_the_command_line(tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    assert main(["train", "--run-dir", str(run), "--iterations", "2", *cli_flags("train.dtype=float64")]) == 0
+    out = capsys.readouterr()
+    assert f"done: 2 iterations; checkpoint {run / 'checkpoints' / 'checkpoint_000002.pt'}" in out.out
+    assert f"run directory: {run}" in out.err and "tensorboard --logdir" in out.err
+    loaded = load_checkpoint(run)
+    assert all(v.dtype == torch.float64 for v in loaded.policy.state_dict().values())
+    args = ["evaluate", "--run-dir", str(run), "--num-tasks", "4", "--num-steps", "2", "--episodes", "3"]
+    assert main(args) == 0
+    result = json.loads((run / "evaluation.json").read_text())
     assert [s["step"] for s in result["steps"]] == [0, 1, 2]
-    assert all(set(s) == {"step", "mean_return", "ci95"} for s in result["steps"])
-    assert "| MAML |" in capsys.readouterr().out
+    assert all({"step", "mean_return", "ci95"} <= set(s) for s in result["steps"])
+    assert result["iteration"] == 2
+    out = capsys.readouterr()
+    assert "| MAML |" in out.out and "error" not in out.err
 
 
-def test_train_script_reports_bad_config_in_one_line(tmp_path: Path, capsys) -> None:
-    assert train_script.main(["--set", "maml.inner_lr=abc", "--output-dir", str(tmp_path)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err == "error: config key 'maml.inner_lr': bad value 'abc'; allowed: float > 0"
+def test_resume_through_the_command_line_is_identical(tmp_path: Path, capsys) -> None:
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert main(["train", "--run-dir", str(full), "--iterations", "4", *cli_flags()]) == 0
+    assert main(["train", "--run-dir", str(part), "--iterations", "2", *cli_flags()]) == 0
+    capsys.readouterr()
+    # --resume reads the run's config.yaml; --iterations raises the total
+    assert main(["train", "--run-dir", str(part), "--resume", "--iterations", "4", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert f"resuming from {part / 'checkpoints' / 'latest.pt'} (iteration 2)" in err
+    assert same_parameters(load_checkpoint(full).policy, load_checkpoint(part).policy)
+    assert load_config(part / "config.yaml").train.iterations == 4
 
 
 def test_third_party_env_trains_through_the_generic_vector_path(tmp_path: Path) -> None:

@@ -60,9 +60,6 @@ class LabelledGoalPoint1D(GoalPoint1D):
         return [{**t, "label": "near" if abs(t["goal"][0]) < 0.5 else "far"} for t in super().sample_tasks(n, rng)]
 
 
-for _id, _entry in (
-    ("thirdparty/GoalPoint1D-v0", GoalPoint1D),
-    ("thirdparty/LabelledGoalPoint1D-v0", LabelledGoalPoint1D),
-):
-    if _id not in gymnasium.registry:
-        gymnasium.register(_id, entry_point=_entry, max_episode_steps=50)
+for _name in ("GoalPoint1D", "LabelledGoalPoint1D"):
+    if f"thirdparty/{_name}-v0" not in gymnasium.registry:
+        gymnasium.register(f"thirdparty/{_name}-v0", entry_point=f"{__name__}:{_name}", max_episode_steps=50)
