@@ -117,7 +117,7 @@ def cmd_train(args: argparse.Namespace, log: Callable[[str], None]) -> int:
     log(f"run directory: {run_dir}\nwatch it with: tensorboard --logdir {run_dir.parent}")
     result = train(config, run_dir, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite,
                    log=log)
-    print(f"done: {result.iteration} iterations; checkpoint {result.checkpoint}")
+    print(f"done: {result.iteration} iteration{'s' if result.iteration != 1 else ''}; checkpoint {result.checkpoint}")
     print(f"evaluate it with: metarl evaluate --run-dir {run_dir}")
     return 0
 

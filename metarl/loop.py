@@ -389,6 +389,7 @@ def _train_locked(
                     or signum is not None
                 )
                 if due:
+                    writer.flush()  # TensorBoard up to the checkpoint is on disk too (a kill -9 loses no earlier step)
                     last, last_save = save(done), time.monotonic()
                 if signum is not None and done < t.iterations:
                     raise Interrupted(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
@@ -31,10 +33,27 @@ def resolve_env_id(env_id: str) -> str:
         return env_id
     module, bare = env_id.split(":", 1)
     try:
-        importlib.import_module(module)
+        import_user_module(module)
     except ImportError as exc:
         raise ConfigError(f"cannot import module {module!r} named in env id {env_id!r}: {exc}") from exc
     return bare
+
+
+def import_user_module(name: str) -> None:
+    """Import a user's env module, looking in the working directory too (as ``python -m`` would).
+
+    The ``metarl`` console script does not put the working directory on ``sys.path``; a user's
+    ``mypkg.envs`` next to their config should still be found, so the directory is searched
+    after everything installed.
+    """
+    try:
+        importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        cwd = os.getcwd()
+        if exc.name is None or not name.startswith(exc.name) or cwd in sys.path:
+            raise
+        sys.path.append(cwd)
+        importlib.import_module(name)
 
 
 def make_task_env(env_id: str, horizon: int, env_kwargs: dict[str, Any] | None = None) -> gymnasium.Env:
@@ -134,8 +153,8 @@ class Sampler:
     Sub-env ``i * B + b`` runs episode ``b`` of task ``i``. Every time step does one policy
     forward for the whole batch, with shared parameters or per-task stacked parameters.
     The forwards run on ``policy_threads`` torch threads (default 1): they are small, and idle
-    intra-op threads spin and take cores from the batched physics threads (measured: 2 torch
-    threads cut HalfCheetahVel sampling on 2 cores from 58k to 43k env steps/s).
+    intra-op threads spin and take cores from the batched physics threads (see
+    ``benchmarks/bench_threads.py``).
     ``collect_seconds`` adds up the wall time spent in :meth:`collect` (for the trainer's
     sampling/learning split).
     """

@@ -111,70 +111,140 @@ def empty_dir(tmp: Path) -> None:
     (tmp / "empty").mkdir()
 
 
+def train(*overrides: str, run: str = "{tmp}/r") -> list[str]:
+    """``train --run-dir RUN --set O ...``."""
+    return ["train", "--run-dir", run, *[arg for o in overrides for arg in ("--set", o)]]
+
+
+def evaluate(path: str) -> list[str]:
+    """``evaluate --run-dir PATH``."""
+    return ["evaluate", "--run-dir", path]
+
+
 ROWS = [
     # run directories
-    Row("existing run dir", ["train", "--run-dir", "{run}"], 2, ["{run}", "already holds a run", "--resume", "--overwrite"]),
-    Row("resume with nothing to resume", ["train", "--run-dir", "{tmp}/none", "--resume"], 2, ["nothing to resume", "{tmp}/none"]),
-    Row("resume an empty dir", ["train", "--run-dir", "{tmp}/empty", "--resume"], 2, ["nothing to resume"], empty_dir),
+    Row("existing run dir", train(run="{run}"), 2, ["{run}", "already holds a run", "--resume", "--overwrite"]),
+    Row("resume with nothing to resume", [*train(run="{tmp}/none"), "--resume"], 2, ["nothing to resume", "/none"]),
+    Row("resume an empty dir", [*train(run="{tmp}/empty"), "--resume"], 2, ["nothing to resume"], empty_dir),
     Row("resume without --run-dir", ["train", "--resume"], 2, ["--resume needs --run-dir"]),
-    Row("resume and overwrite", ["train", "--run-dir", "{run}", "--resume", "--overwrite"], 2, ["contradict"]),
-    Row("run dir is a file", ["train", "--run-dir", "{tmp}/f"], 2, ["{tmp}/f", "is a file"], write("f", "x")),
+    Row("resume and overwrite", [*train(run="{run}"), "--resume", "--overwrite"], 2, ["contradict"]),
+    Row("run dir is a file", train(run="{tmp}/f"), 2, ["{tmp}/f", "is a file"], write("f", "x")),
     # config values
-    Row("inner_lr .inf", ["train", "--run-dir", "{tmp}/r", "--set", "maml.inner_lr=.inf"], 2, ["'maml.inner_lr'", "inf"]),
-    Row("inner_lr nan", ["train", "--run-dir", "{tmp}/r", "--set", "maml.inner_lr=.nan"], 2, ["'maml.inner_lr'", "nan"]),
-    Row("max_kl .inf", ["train", "--run-dir", "{tmp}/r", "--set", "outer.max_kl=.inf"], 2, ["'outer.max_kl'", "inf"]),
-    Row("not a float", ["train", "--run-dir", "{tmp}/r", "--set", "maml.inner_lr=abc"], 2, ["'maml.inner_lr'", "'abc'"]),
-    Row("unknown key", ["train", "--run-dir", "{tmp}/r", "--set", "maml.inner_rl=0.1"], 2, ["'maml.inner_rl'", "unknown key"]),
-    Row("override syntax", ["train", "--run-dir", "{tmp}/r", "--set", "inner_lr"], 2, ["'inner_lr'", "section.key=value"]),
+    Row("inner_lr .inf", train("maml.inner_lr=.inf"), 2, ["'maml.inner_lr'", "inf"]),
+    Row("inner_lr nan", train("maml.inner_lr=.nan"), 2, ["'maml.inner_lr'", "nan"]),
+    Row("max_kl .inf", train("outer.max_kl=.inf"), 2, ["'outer.max_kl'", "inf"]),
+    Row("not a float", train("maml.inner_lr=abc"), 2, ["'maml.inner_lr'", "'abc'"]),
+    Row("unknown key", train("maml.inner_rl=0.1"), 2, ["'maml.inner_rl'", "unknown key"]),
+    Row("override syntax", train("inner_lr"), 2, ["'inner_lr'", "section.key=value"]),
     # config files
     Row("missing config", ["train", "--config", "{tmp}/no.yaml"], 2, ["config file not found", "{tmp}/no.yaml"]),
-    Row("malformed YAML", ["train", "--config", "{tmp}/bad.yaml"], 2, ["{tmp}/bad.yaml", "not valid YAML", "line 2"],
-        write("bad.yaml", "maml: [1, 2\n")),
-    Row("YAML plain string", ["train", "--config", "{tmp}/s.yaml"], 2, ["{tmp}/s.yaml", "mapping of sections", "str"],
-        write("s.yaml", '"just a string"\n')),
-    Row("YAML section not a mapping", ["config", "--config", "{tmp}/m.yaml"], 2, ["'maml'", "mapping"],
-        write("m.yaml", "maml: 0.1\n"), flags=[]),
+    Row(
+        "malformed YAML",
+        ["train", "--config", "{tmp}/bad.yaml"],
+        2,
+        ["{tmp}/bad.yaml", "not valid YAML", "line 2"],
+        write("bad.yaml", "maml: [1, 2\n"),
+    ),
+    Row(
+        "YAML plain string",
+        ["train", "--config", "{tmp}/s.yaml"],
+        2,
+        ["{tmp}/s.yaml", "mapping of sections", "str"],
+        write("s.yaml", '"just a string"\n'),
+    ),
+    Row(
+        "YAML section not a mapping",
+        ["config", "--config", "{tmp}/m.yaml"],
+        2,
+        ["'maml'", "mapping"],
+        write("m.yaml", "maml: 0.1\n"),
+        flags=[],
+    ),
     # envs
-    Row("misspelt env kwarg", ["train", "--run-dir", "{tmp}/r", "--set", "env.kwargs.no_such_kwarg=1"], 2,
-        ["env.kwargs", "no_such_kwarg"]),
-    Row("env without task protocol", ["train", "--run-dir", "{tmp}/r", "--set", "env.id=Pendulum-v1"], 2,
-        ["env.id", "task protocol", "sample_tasks"]),
-    Row("unknown env id", ["train", "--run-dir", "{tmp}/r", "--set", "env.id=metarl/NoSuchEnv-v0"], 2,
-        ["env.id", "NoSuchEnv"]),
-    Row("env module not importable", ["train", "--run-dir", "{tmp}/r", "--set", "env.id=no_such_pkg:x/Y-v0"], 2,
-        ["no_such_pkg"]),
-    Row("env raises in step", ["train", "--run-dir", "{tmp}/r", "--set", f"env.id={FAULTY}"], 2,
-        ["clitest/Faulty-v0", "iteration 0", "task", "step", "simulator blew up", "no checkpoint was written yet"]),
-    Row("env raises after a checkpoint",
-        ["train", "--run-dir", "{tmp}/r", "--set", f"env.id={FAULTY}", "--set", "env.kwargs.fail_after=45"], 2,
+    Row("misspelt env kwarg", train("env.kwargs.no_such_kwarg=1"), 2, ["env.kwargs", "no_such_kwarg"]),
+    Row("env without task protocol", train("env.id=Pendulum-v1"), 2, ["env.id", "task protocol", "sample_tasks"]),
+    Row("unknown env id", train("env.id=metarl/NoSuchEnv-v0"), 2, ["env.id", "NoSuchEnv"]),
+    Row("env module not importable", train("env.id=no_such_pkg:x/Y-v0"), 2, ["no_such_pkg"]),
+    Row(
+        "env raises in step",
+        train(f"env.id={FAULTY}"),
+        2,
+        ["clitest/Faulty-v0", "iteration 0", "task", "step", "simulator blew up", "no checkpoint was written yet"],
+    ),
+    Row(
+        "env raises after a checkpoint",
+        train(f"env.id={FAULTY}", "env.kwargs.fail_after=45"),  # 20 steps per iteration: fails in iteration 2
+        2,
         ["clitest/Faulty-v0", "iteration 2", "simulator blew up", "checkpoint_000001.pt"],
-        check=lambda line: names_an_existing_checkpoint(line)),
-    Row("env returns NaN", ["train", "--run-dir", "{tmp}/r", "--set", f"env.id={FAULTY}", "--set", "env.kwargs.mode=nan"],
-        2, ["clitest/Faulty-v0", "iteration 0", "non-finite observation", "task"]),
+        check=names_an_existing_checkpoint,
+    ),
+    Row(
+        "env returns NaN",
+        train(f"env.id={FAULTY}", "env.kwargs.mode=nan"),
+        2,
+        ["clitest/Faulty-v0", "iteration 0", "non-finite observation", "task"],
+    ),
     # resume with another config
-    Row("resume with another shape", ["train", "--run-dir", "{run}", "--resume", "--set", "policy.hidden_sizes=[4]"], 2,
-        ["does not match the checkpoint", "{run}"]),
-    Row("resume a TRPO run with Adam", ["train", "--run-dir", "{run}", "--resume", "--set", "outer.optimizer=adam"], 2,
-        ["{run}", "no optimiser state"]),
+    Row(
+        "resume with another shape",
+        [*train("policy.hidden_sizes=[4]", run="{run}"), "--resume"],
+        2,
+        ["does not match the checkpoint", "{run}"],
+    ),
+    Row(
+        "resume a TRPO run with Adam",
+        [*train("outer.optimizer=adam", run="{run}"), "--resume"],
+        2,
+        ["{run}", "no optimiser state"],
+    ),
     # checkpoints
-    Row("evaluate truncated", ["evaluate", "--run-dir", "{tmp}/truncated.pt"], 2, ["{tmp}/truncated.pt", "truncated"],
-        truncated_checkpoint, flags=[]),
-    Row("evaluate text file", ["evaluate", "--run-dir", "{tmp}/notes.pt"], 2, ["{tmp}/notes.pt", "not a torch file"],
-        write("notes.pt", "hello\n"), flags=[]),
-    Row("evaluate foreign torch file", ["evaluate", "--run-dir", "{tmp}/foreign.pt"], 2,
-        ["{tmp}/foreign.pt", "not a metarl checkpoint"], foreign_torch_file, flags=[]),
-    Row("evaluate missing path", ["evaluate", "--run-dir", "{tmp}/gone"], 2, ["{tmp}/gone", "no such file"], flags=[]),
-    Row("evaluate dir without checkpoint", ["evaluate", "--run-dir", "{tmp}/empty"], 2, ["no checkpoint in"], empty_dir,
-        flags=[]),
+    Row(
+        "evaluate truncated",
+        evaluate("{tmp}/truncated.pt"),
+        2,
+        ["{tmp}/truncated.pt", "truncated"],
+        truncated_checkpoint,
+        flags=[],
+    ),
+    Row(
+        "evaluate text file",
+        evaluate("{tmp}/notes.pt"),
+        2,
+        ["{tmp}/notes.pt", "not a torch file"],
+        write("notes.pt", "hello\n"),
+        flags=[],
+    ),
+    Row(
+        "evaluate foreign torch file",
+        evaluate("{tmp}/foreign.pt"),
+        2,
+        ["{tmp}/foreign.pt", "not a metarl checkpoint"],
+        foreign_torch_file,
+        flags=[],
+    ),
+    Row("evaluate missing path", evaluate("{tmp}/gone"), 2, ["{tmp}/gone", "no such file"], flags=[]),
+    Row("evaluate dir without checkpoint", evaluate("{tmp}/empty"), 2, ["no checkpoint in"], empty_dir, flags=[]),
     # divergence
-    Row("NaN at iteration 0", ["train", "--run-dir", "{tmp}/r", "--set", "maml.inner_lr=1e30"], 3,
-        ["iteration 0", "not finite", "no checkpoint was written yet"]),
-    Row("Adam lr 1e30", ["train", "--run-dir", "{tmp}/r", "--set", "outer.optimizer=adam", "--set", "outer.lr=1e30"], 3,
-        ["iteration 0", "outer.max_param_norm", "no checkpoint was written yet"]),
-    Row("NaN after a checkpoint", ["train", "--run-dir", "{run}", "--resume", "--iterations", "3", "--set",
-                                   "maml.inner_lr=1e30"], 3, ["iteration 1", "the last good checkpoint is"],
-        check=names_an_existing_checkpoint),
-]  # fmt: skip
+    Row(
+        "NaN at iteration 0",
+        train("maml.inner_lr=1e30"),
+        3,
+        ["iteration 0", "not finite", "no checkpoint was written yet"],
+    ),
+    Row(
+        "Adam lr 1e30",
+        train("outer.optimizer=adam", "outer.lr=1e30"),
+        3,
+        ["iteration 0", "outer.max_param_norm", "no checkpoint was written yet"],
+    ),
+    Row(
+        "NaN after a checkpoint",
+        [*train("maml.inner_lr=1e30", run="{run}"), "--resume", "--iterations", "3"],
+        3,
+        ["iteration 1", "the last good checkpoint is"],
+        check=names_an_existing_checkpoint,
+    ),
+]
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +295,13 @@ def test_bad_input_is_one_error_line(row: Row, tmp_path: Path, finished_run: Pat
     the_error_line(row, code, captured.out, captured.err, tmp_path)
 
 
-SUBPROCESS_ROWS = ["existing run dir", "malformed YAML", "misspelt env kwarg", "evaluate truncated", "NaN at iteration 0"]
+SUBPROCESS_ROWS = [
+    "existing run dir",
+    "malformed YAML",
+    "misspelt env kwarg",
+    "evaluate truncated",
+    "NaN at iteration 0",
+]
 
 
 @pytest.mark.parametrize("row", [r for r in ROWS if r.id in SUBPROCESS_ROWS], ids=SUBPROCESS_ROWS)
