@@ -8,7 +8,7 @@ loop over tasks anywhere here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -31,28 +31,61 @@ InnerEstimator = Literal["log", "lvc"]
 """How the inner policy-gradient loss is written, which sets its second derivative (see :func:`reinforce_loss`)."""
 
 
-def inner_update(params: Params, grads: Sequence[Tensor], lr: float) -> Params:
-    """One gradient-descent step ``params - lr * grads`` (pure; keeps whatever graph the inputs carry)."""
-    return {k: p - lr * g for (k, p), g in zip(params.items(), grads)}
+StepSize = float | dict[str, Tensor]
+"""One inner step's step size: a number for every parameter, or a tensor per parameter name that
+broadcasts against it (Meta-SGD's learned per-parameter sizes; MAML++'s per-layer sizes of this
+step). Learned sizes carry their graph, so the meta-gradient reaches them."""
 
 
-def adapt(loss_fn: InnerLoss, params: Params, num_tasks: int, lrs: Sequence[float], first_order: bool) -> Params:
+def inner_update(
+    params: Params, grads: dict[str, Tensor], lr: StepSize, adapted: Collection[str] | None = None
+) -> Params:
+    """One gradient-descent step ``params - lr * grads`` on the ``adapted`` parameters (all if ``None``).
+
+    Pure; keeps whatever graph the inputs carry. Parameters outside ``adapted`` are returned
+    unchanged (ANIL's body). ``lr`` may be a number or a per-parameter tensor (see :data:`StepSize`).
+    """
+    out: Params = {}
+    for name, p in params.items():
+        if adapted is not None and name not in adapted:
+            out[name] = p
+        else:
+            size = lr if isinstance(lr, float | int) else lr[name]
+            out[name] = p - size * grads[name]
+    return out
+
+
+def adapt(
+    loss_fn: InnerLoss,
+    params: Params,
+    num_tasks: int,
+    lrs: Sequence[StepSize],
+    first_order: bool,
+    adapted: Collection[str] | None = None,
+) -> Params:
     """Run ``len(lrs)`` inner gradient steps from ``params`` for all tasks at once; return stacked params.
 
     ``params`` may be shared (they are expanded to ``num_tasks`` copies) or already stacked.
     Second order (``first_order=False``) keeps the graph of the inner gradients so that the
     result is differentiable in ``params`` through them; first order detaches the inner
-    gradients, so ``d adapted / d params`` is the identity. If ``params`` carry no graph at
-    all (e.g. while sampling), leaf copies are made so the inner gradient can be taken.
+    gradients, so ``d adapted / d params`` is the identity. Learned step sizes in ``lrs`` stay
+    differentiable either way. Only the ``adapted`` parameters (default: all) take inner steps;
+    the inner gradient is not even computed for the others. If ``params`` carry no graph at all
+    (e.g. while sampling), leaf copies are made so the inner gradient can be taken.
     """
-    if not any(p.requires_grad for p in params.values()):
-        params = {k: p.detach().requires_grad_() for k, p in params.items()}
+    if adapted is not None:
+        unknown = set(adapted) - params.keys()
+        if unknown or not adapted:
+            raise ValueError(f"adapted parameters must be a non-empty subset of {list(params)}, got {sorted(adapted)}")
+    names = [n for n in params if adapted is None or n in adapted]
+    if not any(params[n].requires_grad for n in names):
+        params = {k: (p.detach().requires_grad_() if k in names else p) for k, p in params.items()}
     stacked = params if is_stacked(params) else stack_params(params, num_tasks)
     for step, lr in enumerate(lrs):
         with torch.enable_grad():
             loss = loss_fn(stacked, step)
-            grads = torch.autograd.grad(loss, list(stacked.values()), create_graph=not first_order)
-        stacked = inner_update(stacked, grads, lr)
+            grads = torch.autograd.grad(loss, [stacked[n] for n in names], create_graph=not first_order)
+        stacked = inner_update(stacked, dict(zip(names, grads, strict=True)), lr, adapted)
     return stacked
 
 

@@ -18,7 +18,7 @@ from metarl.maml import (
     surrogate_and_old_policy,
     surrogate_loss,
 )
-from metarl.policy import GaussianMLPPolicy, Params, flatten, stack_params
+from metarl.policy import GaussianMLPPolicy, Params, flatten, stack_params, unflatten
 from tests.helpers import finite_difference_grad, random_episodes, settings
 
 
@@ -159,3 +159,91 @@ def test_reinforce_loss_rejects_an_unknown_estimator(tiny_policy: GaussianMLPPol
     episodes = random_episodes(1, 2, 3, seed=2)
     with pytest.raises(ValueError, match="estimator must be 'log' or 'lvc', got 'dice'"):
         reinforce_loss(tiny_policy, stack_params(tiny_policy.params(), 1), episodes, "dice")  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- learned step sizes, adapted subsets
+
+
+def _regression_loss(policy: GaussianMLPPolicy, x: torch.Tensor, y: torch.Tensor):
+    """Sum over tasks of each task's MSE of the policy mean (stacked params ``[n, ...]``, x ``[n, M, in]``)."""
+
+    def loss(params: Params, step: int) -> torch.Tensor:
+        mean, _ = policy(x, params)
+        return (mean - y).pow(2).mean(dim=(1, 2)).sum() + 0.0 * params["log_std"].sum()
+
+    return loss
+
+
+def _regression_data(n: int = 3, m: int = 5, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(n, m, 2, generator=g, dtype=torch.float64) for _ in range(4))
+
+
+def test_learned_per_parameter_step_sizes_meta_gradient_matches_finite_differences(
+    tiny_policy: GaussianMLPPolicy,
+) -> None:
+    """Meta-SGD: d(query loss after 2 steps of theta - alpha * grad)/d(theta, alpha) against central differences."""
+    sx, sy, qx, qy = _regression_data()
+    theta = {k: v.detach().clone() for k, v in tiny_policy.params().items()}
+    g = torch.Generator().manual_seed(3)
+    alpha = {k: 0.05 + 0.1 * torch.rand(v.shape, generator=g, dtype=torch.float64) for k, v in theta.items()}
+
+    def objective(flat_all: torch.Tensor) -> torch.Tensor:
+        both = unflatten(
+            flat_all, {**{f"t.{k}": v for k, v in theta.items()}, **{f"a.{k}": v for k, v in alpha.items()}}
+        )
+        t = {k: both[f"t.{k}"] for k in theta}
+        a = {k: both[f"a.{k}"] for k in alpha}
+        adapted = adapt(_regression_loss(tiny_policy, sx, sy), t, 3, [a, a], first_order=False)
+        return _regression_loss(tiny_policy, qx, qy)(adapted, 0)
+
+    point = torch.cat([flatten(theta), flatten(alpha)]).requires_grad_()
+    (analytic,) = torch.autograd.grad(objective(point), point)
+    eps = 1e-6
+    numeric = torch.stack(
+        [
+            (objective(point.detach() + eps * e) - objective(point.detach() - eps * e)) / (2 * eps)
+            for e in torch.eye(point.numel(), dtype=torch.float64)
+        ]
+    )
+    torch.testing.assert_close(analytic, numeric, rtol=1e-6, atol=1e-8)
+    assert analytic[flatten(theta).numel() :].abs().max() > 1e-4  # the step sizes do get a gradient
+
+
+def test_per_step_layer_sizes_and_fixed_sizes_agree_when_equal(tiny_policy: GaussianMLPPolicy) -> None:
+    """A per-parameter step size dict holding the same number everywhere is the fixed step size."""
+    sx, sy, _, _ = _regression_data()
+    theta = tiny_policy.params()
+    loss = _regression_loss(tiny_policy, sx, sy)
+    sizes = [{k: torch.tensor(lr, dtype=torch.float64) for k in theta} for lr in (0.1, 0.05)]
+    by_dict = adapt(loss, theta, 3, sizes, first_order=False)
+    by_float = adapt(loss, theta, 3, [0.1, 0.05], first_order=False)
+    for k in theta:
+        torch.testing.assert_close(by_dict[k], by_float[k], rtol=0, atol=0)
+
+
+def test_adapting_a_subset_leaves_the_rest_and_matches_maml_with_the_body_frozen(
+    tiny_policy: GaussianMLPPolicy,
+) -> None:
+    """ANIL: only the head adapts; the body's inner step is exactly zero, and the result is what MAML gives
+    when the body's gradient is zeroed by hand."""
+    sx, sy, qx, qy = _regression_data()
+    theta = {k: v.detach().clone().requires_grad_() for k, v in tiny_policy.params().items()}
+    head = {"layers.1.weight", "layers.1.bias"}
+    loss = _regression_loss(tiny_policy, sx, sy)
+    anil = adapt(loss, theta, 3, [0.3, 0.2], first_order=False, adapted=head)
+    for name in theta.keys() - head:
+        torch.testing.assert_close(anil[name], theta[name].unsqueeze(0).expand_as(anil[name]), rtol=0, atol=0)
+    # by hand: the same steps with the body's gradient multiplied by zero
+    stacked = {k: v.unsqueeze(0).expand(3, *v.shape) for k, v in theta.items()}
+    for lr in (0.3, 0.2):
+        grads = torch.autograd.grad(loss(stacked, 0), list(stacked.values()), create_graph=True)
+        stacked = {k: v - lr * (gr if k in head else 0 * gr) for (k, v), gr in zip(stacked.items(), grads)}
+    for name in theta:
+        torch.testing.assert_close(anil[name], stacked[name])
+    outer_anil = torch.autograd.grad(_regression_loss(tiny_policy, qx, qy)(anil, 0), list(theta.values()))
+    outer_hand = torch.autograd.grad(_regression_loss(tiny_policy, qx, qy)(stacked, 0), list(theta.values()))
+    for a, b in zip(outer_anil, outer_hand):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="subset"):
+        adapt(loss, theta, 3, [0.1], first_order=False, adapted={"no.such"})
