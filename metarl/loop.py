@@ -327,6 +327,20 @@ def _write_config(run_dir: Path, config: Config) -> None:
     os.replace(tmp, path)
 
 
+def _wait_to_sort_after_event_files(run_dir: Path) -> None:
+    """Make a new event file sort after the run's existing ones (wait up to a second).
+
+    TensorBoard reads a run's event files in name order, and a name starts with its creation
+    second, then host and pid: a resume within the same second as the killed run's start could
+    sort first, and the purge marker it holds would then drop nothing.
+    """
+    seconds = [
+        int(p.name.split(".")[3]) for p in run_dir.glob("events.out.tfevents.*") if p.name.split(".")[3].isdigit()
+    ]
+    if seconds and max(seconds) + 1 > time.time():
+        time.sleep(max(seconds) + 1 - time.time())
+
+
 def _train_locked(
     config: Config, run_dir: Path, ckpt_dir: Path, algorithm: Algorithm, resume: bool, progress: bool, log: Log
 ) -> TrainResult:
@@ -355,6 +369,8 @@ def _train_locked(
     t = config.train
     if start >= t.iterations:
         return TrainResult(run_dir, last or save(start), algorithm.policy, start)
+    if resume:
+        _wait_to_sort_after_event_files(run_dir)
     # purge_step: TensorBoard drops the steps >= start that the earlier process logged (no duplicates)
     writer = SummaryWriter(str(run_dir), purge_step=start if resume else None)
     if start == 0:
