@@ -12,7 +12,7 @@ the last checkpoint that exists).
 
 from __future__ import annotations
 
-import fcntl
+import importlib
 import json
 import math
 import os
@@ -138,6 +138,12 @@ def run_lock(run_dir: Path, log: Log) -> Iterator[None]:
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = run_dir / LOCK
+    try:
+        fcntl = importlib.import_module("fcntl")
+    except ImportError:  # not POSIX (Windows): no flock; run unlocked rather than not at all
+        log(f"note: no file locking on this platform: nothing stops a second process writing {run_dir}")
+        yield
+        return
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:

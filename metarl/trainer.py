@@ -13,6 +13,7 @@ from metarl.config import Config
 from metarl.episodes import Episodes
 from metarl.loop import Algorithm, Log, TrainResult, _stderr, run_training
 from metarl.maml import MetaBatch, sample_meta_batch
+from metarl.sampler import torch_threads
 from metarl.trpo import adam_step, trpo_step
 
 
@@ -114,6 +115,6 @@ def train(
     log: Log = _stderr,
 ) -> TrainResult:
     """Meta-train the config's algorithm, writing logs and checkpoints under ``run_dir`` (see :func:`run_training`)."""
-    if config.train.num_threads:
-        torch.set_num_threads(config.train.num_threads)
-    return run_training(config, Path(run_dir), make_algorithm(config), resume, overwrite, progress, log)
+    threads = config.train.num_threads or torch.get_num_threads()
+    with torch_threads(threads):  # scoped: the caller's thread count is restored afterwards
+        return run_training(config, Path(run_dir), make_algorithm(config), resume, overwrite, progress, log)

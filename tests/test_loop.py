@@ -52,6 +52,7 @@ def stalling_save(obj, f, *args, **kwargs):
         with (open(f, "wb") if isinstance(f, (str, os.PathLike)) else open(f.fileno(), "wb", closefd=False)) as out:
             out.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
             out.flush()
+        open(os.environ["STALLED"], "w").close()
         time.sleep(600)
     return real_save(obj, f, *args, **kwargs)
 torch.save = stalling_save
@@ -88,10 +89,10 @@ def identical(run: Path, reference: dict[str, torch.Tensor]) -> bool:
 def start(run: Path, *extra: str, stall_at: int | None = None) -> subprocess.Popen:
     """``python -m metarl train`` of ``ITERATIONS`` iterations into ``run`` (stderr to ``run.stderr``)."""
     command = ["-m", "metarl"] if stall_at is None else ["-c", STALL_NTH_SAVE]
-    env = {**os.environ, "STALL_AT": str(stall_at or 0)}
+    env = {**os.environ, "STALL_AT": str(stall_at or 0), "STALLED": str(run.with_suffix(".stalled"))}
     args = ["train", "--run-dir", str(run), "--iterations", str(ITERATIONS), *FLAGS, *extra]
-    err = open(run.with_suffix(".stderr"), "w")  # noqa: SIM115 (closed with the process, by the OS)
-    return subprocess.Popen([sys.executable, *command, *args], stdout=subprocess.DEVNULL, stderr=err, env=env)
+    with open(run.with_suffix(".stderr"), "w") as err:  # the child keeps its own descriptor
+        return subprocess.Popen([sys.executable, *command, *args], stdout=subprocess.DEVNULL, stderr=err, env=env)
 
 
 def wait_for(condition: Callable[[], bool], proc: subprocess.Popen, timeout: float = 60) -> None:
@@ -103,11 +104,16 @@ def wait_for(condition: Callable[[], bool], proc: subprocess.Popen, timeout: flo
         time.sleep(0.001)
 
 
-def temp_file(run: Path, stem: str) -> Callable[[], bool]:
-    """A condition: a non-empty temp file of ``stem`` (e.g. ``checkpoint_000001``) is in the checkpoints dir."""
+def stalled_in(run: Path, stem: str) -> Callable[[], bool]:
+    """A condition: the stalled process is in the middle of writing ``stem`` (e.g. ``checkpoint_000001``):
+    half its checkpoint is in a temp file. (A temp file alone may be a write that is about to complete.)"""
 
     def present() -> bool:
-        return any(p.stat().st_size > 0 for p in (run / "checkpoints").glob(f".{stem}.*.tmp"))
+        if not run.with_suffix(".stalled").exists():
+            return False
+        temp = list((run / "checkpoints").glob(".*.tmp"))
+        assert [p.name.split(".")[1] for p in temp] == [stem] and temp[0].stat().st_size > 0, temp
+        return True
 
     return present
 
@@ -188,7 +194,7 @@ def test_kill_during_a_checkpoint_write_then_resume_is_identical(
     run = tmp_path / "run"
     proc = start(run, stall_at=stall_at)
     try:
-        wait_for(temp_file(run, stem), proc)  # half a checkpoint is in its temp file
+        wait_for(stalled_in(run, stem), proc)  # half a checkpoint is in its temp file
     finally:
         proc.kill()
         proc.wait(timeout=60)
@@ -264,7 +270,7 @@ def test_a_second_process_on_the_same_directory_is_refused(tmp_path: Path, capsy
     run = tmp_path / "run"
     proc = start(run, stall_at=2)  # holds the lock, stalled in its first latest.pt write
     try:
-        wait_for(temp_file(run, "latest"), proc)
+        wait_for(stalled_in(run, "latest"), proc)
         before = sorted((p.name, p.stat().st_mtime_ns) for p in run.rglob("*") if p.is_file())
         for extra in ([], ["--resume"], ["--overwrite"]):
             capsys.readouterr()
@@ -284,20 +290,20 @@ def test_a_second_process_on_the_same_directory_is_refused(tmp_path: Path, capsy
 
 
 def test_two_concurrent_processes(tmp_path: Path) -> None:
-    """Two real processes started together: exactly one trains, the other refuses in one line."""
+    """Two real processes started together on one directory: one trains, the other refuses in one line
+    (the lock if the first is still running, the finished run if not)."""
     run = tmp_path / "run"
-    run.mkdir()
-    procs = [start(run.parent / name) for name in ("a", "b")]  # warm-up: both import in parallel
+    command = [sys.executable, "-m", "metarl", "train", "--run-dir", str(run), "--iterations", "5", *FLAGS]
+    procs = [subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in "ab"]
+    results = []
     for proc in procs:
-        proc.wait(timeout=120)
-    a, b = (subprocess.Popen([sys.executable, "-m", "metarl", "train", "--run-dir", str(run), "--iterations", "5",
-                              *FLAGS], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2))  # fmt: skip
-    results = sorted([(a.wait(timeout=120), a.stderr.read()), (b.wait(timeout=120), b.stderr.read())])  # type: ignore[union-attr]
-    (ok, _), (refused, err) = results
+        _, err = proc.communicate(timeout=120)
+        results.append((proc.returncode, err))
+    (ok, _), (refused, err) = sorted(results)
     assert (ok, refused) == (0, 2), results
     assert "Traceback" not in err and len([x for x in err.splitlines() if x.startswith("error:")]) == 1, err
     assert "is being written by process" in err or "already holds a run" in err, err
-    assert metric_iterations(run) == list(range(5))
+    assert metric_iterations(run) == list(range(5)) and load_checkpoint(run).iteration == 5
 
 
 def test_a_stale_lock_is_taken_over_with_a_notice(tmp_path: Path, capsys) -> None:
