@@ -68,17 +68,29 @@ def add_common(parser: argparse.ArgumentParser) -> None:
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """``--config`` and ``--set``."""
     parser.add_argument("--config", type=Path, help="YAML config (default: the built-in defaults, 2D navigation)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key (YAML value), e.g. maml.inner_lr=0.05 or env.kwargs.frame_skip=1")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (YAML value), e.g. maml.inner_lr=0.05 or env.kwargs.frame_skip=1",
+    )
 
 
 def add_eval_flags(parser: argparse.ArgumentParser, num_steps_default: int | None = None) -> None:
     """``--num-tasks``, ``--num-steps``, ``--episodes`` and ``--seed`` of an evaluation protocol."""
     parser.add_argument("--num-tasks", type=positive, help="fresh tasks (default: the run's eval.num_tasks)")
-    parser.add_argument("--num-steps", type=non_negative, default=num_steps_default,
-                        help="inner steps k: measure after 0..k (default: the run's eval.num_steps)")
-    parser.add_argument("--episodes", type=positive,
-                        help="trajectories per task and inner step (default: the run's eval.episodes_per_step)")
+    parser.add_argument(
+        "--num-steps",
+        type=non_negative,
+        default=num_steps_default,
+        help="inner steps k: measure after 0..k (default: the run's eval.num_steps)",
+    )
+    parser.add_argument(
+        "--episodes",
+        type=positive,
+        help="trajectories per task and inner step (default: the run's eval.episodes_per_step)",
+    )
     parser.add_argument("--seed", type=non_negative, help="seed of the fresh tasks (default: the run's eval.seed)")
 
 
@@ -115,8 +127,9 @@ def cmd_train(args: argparse.Namespace, log: Callable[[str], None]) -> int:
     if notice:
         log(notice)
     log(f"run directory: {run_dir}\nwatch it with: tensorboard --logdir {run_dir.parent}")
-    result = train(config, run_dir, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite,
-                   log=log)
+    result = train(
+        config, run_dir, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite, log=log
+    )
     print(f"done: {result.iteration} iteration{'s' if result.iteration != 1 else ''}; checkpoint {result.checkpoint}")
     print(f"evaluate it with: metarl evaluate --run-dir {run_dir}")
     return 0
@@ -151,12 +164,14 @@ def cmd_evaluate(args: argparse.Namespace, log: Callable[[str], None]) -> int:
     if config.maml.loss == "supervised":
         from metarl.supervised import evaluate_regression
 
-        result = evaluate_regression(checkpoint.policy, config, args.num_tasks, num_steps=args.num_steps,
-                                     seed=args.seed)
+        result = evaluate_regression(
+            checkpoint.policy, config, args.num_tasks, num_steps=args.num_steps, seed=args.seed
+        )
         table = markdown_table({"MAML": result}, key="mse", digits=3)
     else:
-        result = evaluate_adaptation(checkpoint.policy, config, args.num_tasks, args.num_steps, args.episodes,
-                                     args.seed)
+        result = evaluate_adaptation(
+            checkpoint.policy, config, args.num_tasks, args.num_steps, args.episodes, args.seed
+        )
         table = markdown_table({"MAML": result})
         by_task = returns_by_task_parameter(result)
         if by_task is not None:
@@ -174,12 +189,21 @@ def cmd_render(args: argparse.Namespace, log: Callable[[str], None]) -> int:
     os.environ.setdefault("MUJOCO_GL", "egl")
     from metarl.render import format_task, render_checkpoint
 
-    result = render_checkpoint(args.run_dir, args.results, args.task, args.num_steps, args.num_tasks, args.episodes,
-                               args.seed, args.stochastic, args.gif, *args.size)
+    result = render_checkpoint(
+        args.run_dir,
+        args.results,
+        args.task,
+        args.num_steps,
+        args.num_tasks,
+        args.episodes,
+        args.seed,
+        args.stochastic,
+        args.gif,
+        *args.size,
+    )
     for task, values in zip(result.tasks, result.values):
         cells = " / ".join(f"{v:.2f}" for v in values)
-        print(f"task {format_task(task)}: {result.metric} after 0..{len(values) - 1} steps ({result.actions}): "
-              f"{cells}")
+        print(f"task {format_task(task)}: {result.metric} after 0..{len(values) - 1} steps ({result.actions}): {cells}")
     for path in result.files:
         print(f"wrote {path}")
     return 0
@@ -196,16 +220,19 @@ def cmd_benchmark(args: argparse.Namespace, log: Callable[[str], None]) -> int:
     from metarl.reporting import env_slug, write_results
 
     methods = parse_methods(args.methods) if args.methods else None
-    sb3 = SB3Settings(algo=args.sb3_algo, total_timesteps=args.sb3_timesteps, n_envs=args.sb3_envs,
-                      seed=args.sb3_seed)
+    sb3 = SB3Settings(algo=args.sb3_algo, total_timesteps=args.sb3_timesteps, n_envs=args.sb3_envs, seed=args.sb3_seed)
     protocol = BenchmarkProtocol(args.num_tasks or 40, args.num_steps, args.episodes, args.seed)
     cache = (args.run_dir if args.run_dir.is_dir() else args.run_dir.parent.parent) / "sb3_cache"
     data = run_benchmark(args.run_dir, cache, methods, sb3, protocol, not args.no_progress, log)
     results = args.results or cache.parent / "benchmark"
     name = args.name or f"benchmark_{env_slug(data['env_id'])}"
     figure = results / f"{name}.png"
-    plot_adaptation_curves(data["methods"], figure, f"{data['env_id']}: return vs gradient steps "
-                           f"({data['protocol']['num_tasks']} tasks)", reference=data["paper_reference"])
+    plot_adaptation_curves(
+        data["methods"],
+        figure,
+        f"{data['env_id']}: return vs gradient steps ({data['protocol']['num_tasks']} tasks)",
+        reference=data["paper_reference"],
+    )
     command = "metarl " + " ".join(shlex.quote(a) for a in args.argv)
     data["command"] = command
     data["figure"] = str(figure)
@@ -229,14 +256,19 @@ def cmd_config(args: argparse.Namespace, log: Callable[[str], None]) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The ``metarl`` argument parser with its subcommands."""
     parser = argparse.ArgumentParser(
-        prog="metarl", description="Model-Agnostic Meta-Learning for policies and few-shot learners.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="metarl",
+        description="Model-Agnostic Meta-Learning for policies and few-shot learners.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("train", help="meta-train (writes a run directory)",
-                       description="Meta-train a policy (or a few-shot learner) with MAML. Writes config.yaml, "
-                       "TensorBoard event files, metrics.jsonl and checkpoints/ under the run directory.")
+    p = sub.add_parser(
+        "train",
+        help="meta-train (writes a run directory)",
+        description="Meta-train a policy (or a few-shot learner) with MAML. Writes config.yaml, "
+        "TensorBoard event files, metrics.jsonl and checkpoints/ under the run directory.",
+    )
     add_config_flags(p)
     add_run_dir(p, False, "run directory (default: runs/<env>__<algo>__<seed>__<time>)")
     p.add_argument("--seed", type=non_negative, help="train.seed")
@@ -250,20 +282,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="few-shot evaluation on fresh tasks",
-                       description="Return (or regression MSE) after 0..k inner steps on fresh tasks: step size alpha, "
-                       "then alpha/2 (the MAML paper's protocol). Writes evaluation.json.")
+    p = sub.add_parser(
+        "evaluate",
+        help="few-shot evaluation on fresh tasks",
+        description="Return (or regression MSE) after 0..k inner steps on fresh tasks: step size alpha, "
+        "then alpha/2 (the MAML paper's protocol). Writes evaluation.json.",
+    )
     add_run_dir(p, True, "run directory or checkpoint file")
     add_eval_flags(p)
     p.add_argument("--results", type=Path, help="where to write evaluation.json (default: the run directory)")
     add_common(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("render", help="render the policy before and after adaptation",
-                       description="MuJoCo tasks: an mp4 (and gif), one episode per inner step, task and return on "
-                       "the frames. 2D navigation: a PNG of trajectories. Sinusoid: predicted vs true curves.")
+    p = sub.add_parser(
+        "render",
+        help="render the policy before and after adaptation",
+        description="MuJoCo tasks: an mp4 (and gif), one episode per inner step, task and return on "
+        "the frames. 2D navigation: a PNG of trajectories. Sinusoid: predicted vs true curves.",
+    )
     add_run_dir(p, True, "run directory or checkpoint file")
-    p.add_argument("--task", help='the task as JSON or key=value,... (e.g. \'{"velocity": 1.5}\'); default: sampled')
+    p.add_argument("--task", help="the task as JSON or key=value,... (e.g. '{\"velocity\": 1.5}'); default: sampled")
     p.add_argument("--num-steps", type=non_negative, default=3, help="inner steps k (default 3)")
     p.add_argument("--num-tasks", type=positive, help="tasks to sample (default: 1 for videos, 4 for plots)")
     p.add_argument("--episodes", type=positive, help="trajectories per inner step (default: the run's eval setting)")
@@ -275,10 +313,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(p)
     p.set_defaults(func=cmd_render)
 
-    p = sub.add_parser("benchmark", help="MAML vs pretrained / random / oracle baselines",
-                       description="Evaluate MAML, an SB3 policy pretrained on all tasks, a random initialisation and "
-                       "(where the env has one) an oracle on the same fresh tasks with the same inner loop. Writes "
-                       "benchmark_<env>.{md,json,png} to --results (default: <run dir>/benchmark).")
+    p = sub.add_parser(
+        "benchmark",
+        help="MAML vs pretrained / random / oracle baselines",
+        description="Evaluate MAML, an SB3 policy pretrained on all tasks, a random initialisation and "
+        "(where the env has one) an oracle on the same fresh tasks with the same inner loop. Writes "
+        "benchmark_<env>.{md,json,png} to --results (default: <run dir>/benchmark).",
+    )
     add_run_dir(p, True, "run directory or checkpoint file")
     add_eval_flags(p, num_steps_default=3)
     p.add_argument("--results", type=Path, help="where to write the tables and figure (default: <run dir>/benchmark)")
@@ -291,9 +332,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(p)
     p.set_defaults(func=cmd_benchmark)
 
-    p = sub.add_parser("config", help="print the resolved config with each key's meaning",
-                       description="Print the validated config of --config and --set as YAML, each key with its "
-                       "meaning and allowed values.")
+    p = sub.add_parser(
+        "config",
+        help="print the resolved config with each key's meaning",
+        description="Print the validated config of --config and --set as YAML, each key with its "
+        "meaning and allowed values.",
+    )
     add_config_flags(p)
     add_common(p)
     p.set_defaults(func=cmd_config)

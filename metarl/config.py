@@ -131,9 +131,11 @@ class TrainConfig:
     checkpoint_every: int = _f(25, "write a checkpoint every N iterations (and after the first, and at the end)", gt=0)
     checkpoint_minutes: float = _f(10.0, "also write one when this many minutes passed since the last", gt=0)
     num_threads: int = _f(
-        1, "torch intra-op threads of the learner (0: torch's default, all cores). 1 is the safe default: with one "
+        1,
+        "torch intra-op threads of the learner (0: torch's default, all cores). 1 is the safe default: with one "
         "other busy process on 2 cores, 2 threads were 5x slower; on a quiet machine 2 are 1.75x faster "
-        "(results/threads.md). Same seed and same thread count give identical parameters", ge=0
+        "(results/threads.md). Same seed and same thread count give identical parameters",
+        ge=0,
     )
     dtype: Literal["float32", "float64"] = _f("float32", "floating-point precision of the learner")
 

@@ -184,7 +184,7 @@ class Sampler:
         self.dtype = dtype
         self.policy_threads = policy_threads
         self.collect_seconds = 0.0
-        self.env_id = env_id
+        self.env_id = resolve_env_id(env_id)
         try:
             self.env = make_vector_env(
                 env_id, num_tasks * episodes_per_task, horizon, env_kwargs, vector_kwargs, vectorization
@@ -223,6 +223,11 @@ class Sampler:
                 mean, log_std = policy(obs if stacked else obs.view(n * b, -1), params)
                 noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
                 action = (mean + noise * log_std.exp()).view(n, b, -1)
+                if not torch.isfinite(action).all():
+                    raise FloatingPointError(
+                        f"the policy's actions are not finite at episode step {t}: its parameters diverged "
+                        "(an inner step size maml.inner_lr too large?)"
+                    )
                 step_input = action.view(n * b, -1).numpy()
                 obs_np, reward, terminated, truncated, _ = self._guarded(
                     lambda step_input=step_input: self.env.step(step_input), "step", tasks

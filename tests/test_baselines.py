@@ -255,7 +255,7 @@ def test_array_task_env_trains_evaluates_and_benchmarks_through_the_command_line
     run, results = tmp_path / "run", tmp_path / "results"
     code, out, err = run_cli(capsys, "train", "--run-dir", str(run), "--set", f"env.id={GOAL_POINT}", *TINY_TRAIN)
     assert code == 0, err
-    assert "done: 1 iterations" in out
+    assert "done: 1 iteration;" in out
 
     code, out, err = run_cli(
         capsys, "evaluate", "--run-dir", str(run), "--num-tasks", "3", "--num-steps", "1", "--episodes", "2"

@@ -229,7 +229,7 @@ ROWS = [
         "NaN at iteration 0",
         train("maml.inner_lr=1e30"),
         3,
-        ["iteration 0", "not finite", "no checkpoint was written yet"],
+        ["iteration 0", "actions are not finite", "maml.inner_lr", "no checkpoint was written yet"],
     ),
     Row(
         "Adam lr 1e30",
