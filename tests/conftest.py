@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
+from matplotlib.figure import Figure
 
 from metarl.policy import GaussianMLPPolicy
 
@@ -21,3 +24,17 @@ def tiny_policy() -> GaussianMLPPolicy:
 def rng() -> np.random.Generator:
     """A seeded numpy generator."""
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def saved_figures(monkeypatch: pytest.MonkeyPatch) -> list[Figure]:
+    """Every matplotlib figure saved during the test (still inspectable after it is closed)."""
+    figures: list[Figure] = []
+    original = Figure.savefig
+
+    def record(self: Figure, *args: Any, **kwargs: Any) -> None:
+        figures.append(self)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", record)
+    return figures

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+import pytest
 import torch
 
 from metarl.advantages import process
+from metarl.build import build_policy
+from metarl.checkpoint import save_checkpoint
+from metarl.cli import main
+from metarl.config import load_config
 from metarl.episodes import Episodes
 from metarl.maml import AdaptationSettings
 from metarl.policy import Params, flatten, unflatten
@@ -37,3 +45,32 @@ def finite_difference_grad(f, params: Params, eps: float = 1e-6) -> torch.Tensor
         minus = f({k: v.requires_grad_() for k, v in unflatten(flat - e, params).items()})
         grad[i] = (plus.item() - minus.item()) / (2 * eps)
     return grad
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """``metarl ARGV`` in-process: exit status, stdout, stderr."""
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_error_line(code: int, err: str, *fragments: str) -> None:
+    """Exit status 2, a single ``error:`` line naming each fragment, no traceback."""
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert lines and lines[-1].startswith("error: "), err
+    assert sum(line.startswith("error:") for line in lines) == 1 and "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[-1], (fragment, lines[-1])
+
+
+def untrained_run(root: Path, *overrides: str, obs_dim: int, act_dim: int, config_file: Path | None = None) -> Path:
+    """A run directory with an untrained (seeded) checkpoint: enough for the failure paths."""
+    config = load_config(config_file, ["policy.hidden_sizes=[8]", *overrides])
+    save_checkpoint(root / "checkpoints", build_policy(config, obs_dim, act_dim), config, 0)
+    return root
+
+
+def step_rows(values: list[float], key: str = "mean_return", ci: float = 1.0) -> list[dict[str, Any]]:
+    """Evaluation ``steps`` rows: ``{"step": k, key: value, "ci95": ci}``."""
+    return [{"step": k, key: v, "ci95": ci} for k, v in enumerate(values)]

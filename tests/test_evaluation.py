@@ -9,7 +9,6 @@ from typing import Any
 import matplotlib
 import numpy as np
 import pytest
-from matplotlib.figure import Figure
 
 from metarl.build import build_policy
 from metarl.config import load_config
@@ -21,29 +20,11 @@ from metarl.evaluation import (
     returns_by_task_parameter,
     steps_label,
 )
-from metarl.plots import is_flat, plot_adaptation_curves
 from metarl.reporting import to_json, write_json
+from tests.helpers import step_rows
 from tests.third_party_env import GOAL_POINT
 
 matplotlib.use("Agg")
-
-
-def steps(values: list[float], key: str = "mean_return", ci: float = 1.0) -> list[dict[str, Any]]:
-    return [{"step": k, key: v, "ci95": ci} for k, v in enumerate(values)]
-
-
-@pytest.fixture
-def saved_figures(monkeypatch: pytest.MonkeyPatch) -> list[Figure]:
-    """Every matplotlib figure saved during the test (still inspectable after it is closed)."""
-    figures: list[Figure] = []
-    original = Figure.savefig
-
-    def record(self: Figure, *args: Any, **kwargs: Any) -> None:
-        figures.append(self)
-        original(self, *args, **kwargs)
-
-    monkeypatch.setattr(Figure, "savefig", record)
-    return figures
 
 
 def test_steps_label_is_singular_for_one_step() -> None:
@@ -57,7 +38,7 @@ def test_mean_ci95() -> None:
 
 
 def test_markdown_table_shows_a_step0_only_method_once() -> None:
-    table = markdown_table({"MAML": {"steps": steps([-40.0, -11.0, -3.0])}, "oracle": {"steps": steps([-5.0])}})
+    table = markdown_table({"MAML": {"steps": step_rows([-40.0, -11.0, -3.0])}, "oracle": {"steps": step_rows([-5.0])}})
     rows = table.splitlines()
     assert rows[0] == "| method (mean return ± 95% CI over tasks) | 0 steps | 1 step | 2 steps |"
     assert rows[2] == "| MAML | -40.00 ± 1.00 | -11.00 ± 1.00 | -3.00 ± 1.00 |"
@@ -66,7 +47,7 @@ def test_markdown_table_shows_a_step0_only_method_once() -> None:
 
 
 def test_markdown_table_names_the_supervised_metric() -> None:
-    table = markdown_table({"MAML": {"steps": steps([2.5, 0.5], key="mse", ci=0.1)}}, key="mse", digits=3)
+    table = markdown_table({"MAML": {"steps": step_rows([2.5, 0.5], key="mse", ci=0.1)}}, key="mse", digits=3)
     assert table.splitlines()[0] == "| method (mean MSE ± 95% CI over tasks) | 0 steps | 1 step |"
     assert "| MAML | 2.500 ± 0.100 | 0.500 ± 0.100 |" in table
     assert "return" not in table
@@ -136,30 +117,3 @@ def test_evaluation_of_an_array_valued_task_env_writes_json(tmp_path: Path) -> N
     assert written["tasks"] == [{"goal": t["goal"].tolist()} for t in result["tasks"]]
     assert json.loads(to_json(result))["per_task"] == result["per_task"]
     assert [s["step"] for s in written["steps"]] == [0, 1]
-
-
-def test_plot_labels_error_bars_and_draws_step0_methods_flat(tmp_path: Path, saved_figures: list[Figure]) -> None:
-    results = {
-        "MAML": {"steps": steps([-40.0, -20.0, -10.0, -5.0], ci=2.0)},
-        "oracle": {"steps": steps([-3.0]), "adapted": False},
-    }
-    path = plot_adaptation_curves(
-        results, tmp_path / "f.png", "test", reference={"MAML (paper)": [-39, -11, -3.3, -3.1]}
-    )
-    assert path.stat().st_size > 0
-    (ax,) = saved_figures[0].axes
-    assert ax.get_xlabel() == "number of gradient steps"
-    assert "95% CI over tasks" in ax.get_ylabel() and ax.get_ylabel().startswith("return")
-    legend = ax.get_legend()
-    assert "95% CI over tasks" in legend.get_title().get_text()
-    labels = [t.get_text() for t in legend.get_texts()]
-    assert labels == ["MAML", "oracle (no adaptation; band: 95% CI)", "MAML (paper)"]
-    flat_line = [line for line in ax.get_lines() if list(line.get_ydata()) == [-3.0, -3.0]]
-    assert len(flat_line) == 1  # the oracle: one horizontal line, not a point per step
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "1", "2", "3"]
-
-
-def test_plot_of_mse_names_the_metric(tmp_path: Path, saved_figures: list[Figure]) -> None:
-    plot_adaptation_curves({"MAML": {"steps": steps([2.0, 0.5], key="mse")}}, tmp_path / "m.png", "mse", key="mse")
-    assert saved_figures[0].axes[0].get_ylabel().startswith("MSE")
-    assert is_flat({"steps": steps([1.0])}) and not is_flat({"steps": steps([1.0, 2.0])})

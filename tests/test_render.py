@@ -19,7 +19,6 @@ from PIL import Image  # noqa: E402
 
 from metarl.build import build_policy  # noqa: E402
 from metarl.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from metarl.cli import main  # noqa: E402
 from metarl.config import load_config  # noqa: E402
 from metarl.render import (  # noqa: E402
     RenderError,
@@ -29,6 +28,7 @@ from metarl.render import (  # noqa: E402
     render_checkpoint,
     square_limits,
 )
+from tests.helpers import assert_one_error_line, run_cli  # noqa: E402
 from tests.third_party_env import GOAL_POINT  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,23 +58,6 @@ def saved_figures(monkeypatch: pytest.MonkeyPatch) -> list[Figure]:
 
     monkeypatch.setattr(Figure, "savefig", record)
     return figures
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """``metarl ARGV`` in-process: exit status, stdout, stderr."""
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_error_line(code: int, err: str, *fragments: str) -> None:
-    """Exit status 2, a single ``error:`` line naming each fragment, no traceback."""
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
 
 
 def test_mujoco_video_has_one_frame_per_step_and_segment(tmp_path: Path) -> None:
