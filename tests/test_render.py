@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -44,20 +43,6 @@ def make_checkpoint(root: Path, *overrides: str, obs_dim: int, act_dim: int, con
 @pytest.fixture
 def nav_run(tmp_path: Path) -> Path:
     return make_checkpoint(tmp_path / "nav", "env.horizon=12", obs_dim=2, act_dim=2)
-
-
-@pytest.fixture
-def saved_figures(monkeypatch: pytest.MonkeyPatch) -> list[Figure]:
-    """Every matplotlib figure saved during the test (still inspectable after it is closed)."""
-    figures: list[Figure] = []
-    original = Figure.savefig
-
-    def record(self: Figure, *args: Any, **kwargs: Any) -> None:
-        figures.append(self)
-        original(self, *args, **kwargs)
-
-    monkeypatch.setattr(Figure, "savefig", record)
-    return figures
 
 
 def test_mujoco_video_has_one_frame_per_step_and_segment(tmp_path: Path) -> None:
