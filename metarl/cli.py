@@ -173,9 +173,13 @@ def cmd_evaluate(args: argparse.Namespace, log: Callable[[str], None]) -> int:
             checkpoint.policy, config, args.num_tasks, args.num_steps, args.episodes, args.seed
         )
         table = markdown_table({"MAML": result})
+        lengths = " / ".join(
+            f"{s['mean_length']:.1f} ({100 * s['terminated_early']:.0f}% ended early)" for s in result["steps"]
+        )
+        table += f"\n\nMean episode length after 0..{len(result['steps']) - 1} steps: {lengths}"
         by_task = returns_by_task_parameter(result)
         if by_task is not None:
-            table += "\n\nMean return by task parameter:\n\n" + by_task
+            table += "\n\nBy task parameter:\n\n" + by_task
     result["checkpoint"] = str(checkpoint.path)
     result["iteration"] = checkpoint.iteration
     out_dir = args.results or (args.run_dir if args.run_dir.is_dir() else checkpoint.path.parent.parent)

@@ -81,11 +81,22 @@ def evaluate_adaptation(
         )
     finally:
         sampler.close()
-    per_task = [ep.episode_returns().mean(1).double().numpy() for ep in [*batch.train, batch.valid]]
+    sets = [*batch.train, batch.valid]
+    per_task = [ep.episode_returns().mean(1).double().numpy() for ep in sets]
     steps = []
-    for k, returns in enumerate(per_task):
+    for k, (returns, step_set) in enumerate(zip(per_task, sets, strict=True)):
         mean, ci = mean_ci95(returns)
-        steps.append({"step": k, "mean_return": mean, "ci95": ci})
+        lengths = step_set.mask.sum(0)
+        early = (lengths < step_set.mask.shape[0]).double().mean().item()
+        steps.append(
+            {
+                "step": k,
+                "mean_return": mean,
+                "ci95": ci,
+                "mean_length": lengths.mean().item(),
+                "terminated_early": early,
+            }
+        )
     return {
         "steps": steps,
         "per_task": [r.tolist() for r in per_task],

@@ -4,6 +4,7 @@ or supervised MAML, both through the one loop in :mod:`metarl.loop`."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -13,6 +14,7 @@ from metarl.config import Config
 from metarl.episodes import Episodes
 from metarl.loop import Algorithm, Log, TrainResult, _stderr, run_training
 from metarl.maml import MetaBatch, sample_meta_batch
+from metarl.policy import Params
 from metarl.sampler import torch_threads
 from metarl.trpo import adam_step, trpo_step
 
@@ -55,7 +57,7 @@ class PolicyGradientMAML(Algorithm):
         rng, generator = build.iteration_rngs(self.config.train.seed, it)
         tasks = self.task_env.unwrapped.sample_tasks(self.config.maml.meta_batch_size, rng)  # type: ignore[attr-defined]
         t0, collected = time.perf_counter(), self.sampler.collect_seconds
-        batch, _ = sample_meta_batch(
+        batch, used = sample_meta_batch(
             self.sampler, self.policy, self.policy.params(), tasks, self.adaptation, rng, generator
         )
         t1, t_collect = time.perf_counter(), self.sampler.collect_seconds - collected
@@ -63,7 +65,8 @@ class PolicyGradientMAML(Algorithm):
             stats = trpo_step(self.policy, batch, self.adaptation, self.trpo)
         else:
             stats = adam_step(self.policy, self.optimizer, batch, self.adaptation)
-        return iteration_metrics(batch, stats, t_collect, t1 - t0 - t_collect, time.perf_counter() - t1)
+        metrics = iteration_metrics(batch, stats, t_collect, t1 - t0 - t_collect, time.perf_counter() - t1)
+        return {**metrics, **policy_metrics(used)}
 
     def close(self) -> None:
         """Close the sampler's envs."""
@@ -94,7 +97,25 @@ def iteration_metrics(
     for key in ("kl", "improvement", "ls_steps", "accepted"):
         if key in stats:
             metrics[f"trpo/{key}"] = stats[key]
-    return metrics
+    return {**metrics, **episode_metrics(batch.train[0], "pre"), **episode_metrics(batch.valid, "post")}
+
+
+def episode_metrics(episodes: Episodes, when: str) -> dict[str, float]:
+    """Mean episode length and the fraction of episodes that ended before the horizon (terminated)."""
+    lengths = episodes.mask.sum(0)  # [n, B]
+    horizon = episodes.mask.shape[0]
+    return {
+        f"episodes/length_{when}": lengths.mean().item(),
+        f"episodes/terminated_early_{when}": (lengths < horizon).to(lengths.dtype).mean().item(),
+    }
+
+
+def policy_metrics(used: Sequence[Params]) -> dict[str, float]:
+    """The policy's action std (mean over action dimensions and tasks) before and after adaptation."""
+    return {
+        "policy/std_pre": used[0]["log_std"].exp().mean().item(),
+        "policy/std_post": used[-1]["log_std"].exp().mean().item(),
+    }
 
 
 def make_algorithm(config: Config) -> Algorithm:

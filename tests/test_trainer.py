@@ -202,3 +202,27 @@ def test_third_party_env_trains_through_the_generic_vector_path(tmp_path: Path) 
     rows = metrics(tmp_path)
     assert len(rows) == 2 and all(r["meta/return_pre"] < 0 for r in rows)
     assert result.policy.obs_dim == 1
+
+
+def test_episode_lengths_and_policy_std_are_logged_and_evaluated(tmp_path: Path) -> None:
+    """Every iteration logs the mean episode length, the share of early terminations and the action std
+    before and after adaptation; evaluation reports the episode lengths per step."""
+    from metarl.evaluation import evaluate_adaptation
+
+    config = load_config(
+        None,
+        [
+            "maml.meta_batch_size=2",
+            "maml.episodes_per_task=3",
+            "env.horizon=100",
+            "train.iterations=1",
+            "maml.inner_lr=0.5",
+        ],
+    )
+    result = trainer.train(config, tmp_path / "run", progress=False)
+    (row,) = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert 0 < row["episodes/length_pre"] <= 100 and 0 <= row["episodes/terminated_early_pre"] <= 1
+    assert row["policy/std_pre"] == pytest.approx(1.0)  # the initial std
+    assert row["policy/std_post"] != row["policy/std_pre"]  # the inner step moves the log-std
+    evaluation = evaluate_adaptation(result.policy, config, num_tasks=2, num_steps=1, episodes_per_step=2)
+    assert all(0 < s["mean_length"] <= 100 and 0 <= s["terminated_early"] <= 1 for s in evaluation["steps"])
