@@ -2,7 +2,8 @@
 
     python -m benchmarks.bench_learning --config configs/navigation2d.yaml [--iterations 200]
         [--run-dir runs/bench_navigation2d] [--results DIR] [--set key=value ...] [--seed N]
-        [--num-tasks N] [--num-steps K] [--episodes B] [--precise-tasks N] [--skip-training] [--no-progress]
+        [--num-tasks N] [--num-steps K] [--episodes B] [--precise-tasks N] [--seeds N] [--skip-training]
+        [--no-progress]
 
 Trains with the config (the shipped configs carry the MAML paper's settings) into ``--run-dir``,
 then evaluates the meta-trained policy and a random initialisation of the same architecture on
@@ -41,7 +42,7 @@ from metarl.build import build_policy, horizon
 from metarl.checkpoint import has_checkpoint, load_checkpoint
 from metarl.cli import non_negative, positive
 from metarl.config import Config, load_config
-from metarl.evaluation import evaluate_adaptation, markdown_table, returns_by_task_parameter
+from metarl.evaluation import evaluate_adaptation, markdown_table, returns_by_task_parameter, steps_label
 from metarl.paper import ONE_STEP_TARGETS, rl_reference
 from metarl.reporting import env_slug, read_metrics, timing_summary, write_results
 from metarl.trainer import train
@@ -97,6 +98,13 @@ def build_parser() -> BenchParser:
         default=400,
         help="also evaluate on this many other fresh tasks for a tighter CI (0: skip; default 400)",
     )
+    parser.add_argument(
+        "--seeds",
+        type=positive,
+        default=1,
+        help="independent runs with train.seed, seed+1, ... (each a full run in <run-dir>/seed_<s>); the table "
+        "adds the mean over seeds with a 95%% CI across seeds (default 1)",
+    )
     parser.add_argument("--skip-training", action="store_true", help="only evaluate the run directory's checkpoint")
     add_results(parser, "<run-dir>/results")
     add_progress(parser)
@@ -115,11 +123,22 @@ def overrides(args: argparse.Namespace) -> list[str]:
     return [*args.set, *(f"{key}={value}" for key, value in pairs if value is not None)]
 
 
-def run(args: argparse.Namespace) -> int:
-    """Train (or resume), evaluate against a random initialisation, write the results table."""
-    config = load_config(args.config, overrides(args))
-    name = env_slug(config.env.id)
-    run_dir: Path = args.run_dir or Path("runs") / f"bench_{name}"
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+"""Student-t 0.975 quantiles by degrees of freedom (a CI across a handful of seeds)."""
+
+
+def seed_ci95(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and 95% CI half-width across seeds (Student t; NaN for one seed)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, float("nan")
+    sd = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5
+    return mean, T_975.get(n - 1, 1.96) * sd / n**0.5
+
+
+def run_one(config: Config, run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Train (or resume) one run, evaluate it and a random initialisation; the markdown and the data."""
     wall = None
     if not args.skip_training:
         resume = has_checkpoint(run_dir)
@@ -133,11 +152,7 @@ def run(args: argparse.Namespace) -> int:
     timing = timing_summary(read_metrics(run_dir))
     policies = {MAML: maml, RANDOM: build_policy(config, maml.obs_dim, maml.act_dim)}
     results = {label: evaluate_adaptation(policy, config) for label, policy in policies.items()}
-    md = [
-        f"# {config.env.id}: return after 0..{config.eval.num_steps} inner steps",
-        "",
-        protocol_section(config, results, config.eval.num_tasks, config.eval.seed),
-    ]
+    md = [protocol_section(config, results, config.eval.num_tasks, config.eval.seed)]
     data: dict[str, Any] = {"results": results}
     if args.precise_tasks:
         seed = config.eval.seed + 1  # an independent draw of tasks
@@ -156,15 +171,68 @@ def run(args: argparse.Namespace) -> int:
         f"meta-update {timing['median_learning_s']:.2f}; learner fraction {timing['learner_fraction']:.0%}); "
         f"train.num_threads={config.train.num_threads}"
     )
-    text = "\n".join(md)
-    print(text)
     data.update(
         timing=timing,
         wall_s=wall,
         iterations=checkpoint.iteration,
         run_dir=str(run_dir),
-        paper=rl_reference(config.env.id, horizon(config.env)),
-        target_step1=ONE_STEP_TARGETS.get(config.env.id),
+        seed=config.train.seed,
+        markdown="\n".join(md),
+    )
+    return data
+
+
+def across_seeds(runs: list[dict[str, Any]], key: str) -> str:
+    """Markdown: MAML's mean return after each step, per seed and as the mean over seeds ± 95% CI across seeds."""
+    per_seed = [[s["mean_return"] for s in run[key][MAML]["steps"]] for run in runs]
+    steps = range(len(per_seed[0]))
+    header = "| seed | " + " | ".join(steps_label(k) for k in steps) + " |"
+    lines = [header, "|---" * (len(per_seed[0]) + 1) + "|"]
+    for run, values in zip(runs, per_seed, strict=True):
+        lines.append(f"| {run['seed']} | " + " | ".join(f"{v:.2f}" for v in values) + " |")
+    cells = []
+    for k in steps:
+        mean, ci = seed_ci95([values[k] for values in per_seed])
+        cells.append(f"**{mean:.2f} ± {ci:.2f}**")
+    lines.append(f"| mean over {len(runs)} seeds ± 95% CI | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train (or resume) ``--seeds`` runs, evaluate each against a random initialisation, write the table."""
+    config = load_config(args.config, overrides(args))
+    name = env_slug(config.env.id)
+    run_dir: Path = args.run_dir or Path("runs") / f"bench_{name}"
+    first_seed = config.train.seed
+    runs = []
+    for offset in range(args.seeds):
+        seed_config = load_config(args.config, [*overrides(args), f"train.seed={first_seed + offset}"])
+        seed_dir = run_dir if args.seeds == 1 else run_dir / f"seed_{first_seed + offset}"
+        runs.append(run_one(seed_config, seed_dir, args))
+    md = [f"# {config.env.id}: return after 0..{config.eval.num_steps} inner steps", ""]
+    if args.seeds == 1:
+        md.append(runs[0]["markdown"])
+    else:
+        md += [
+            f"## Across {args.seeds} seeds: MAML, {config.eval.num_tasks} fresh tasks (seed {config.eval.seed})",
+            "",
+            across_seeds(runs, "results"),
+            "",
+        ]
+        if args.precise_tasks:
+            md += [
+                f"## Across {args.seeds} seeds: MAML, {args.precise_tasks} other fresh tasks",
+                "",
+                across_seeds(runs, "results_precise"),
+                "",
+            ]
+        for one in runs:
+            md += [f"## Seed {one['seed']}", "", one["markdown"], ""]
+    text = "\n".join(md)
+    print(text)
+    data: dict[str, Any] = dict(runs[0]) if args.seeds == 1 else {"runs": runs}
+    data.update(
+        paper=rl_reference(config.env.id, horizon(config.env)), target_step1=ONE_STEP_TARGETS.get(config.env.id)
     )
     out = args.results or run_dir / "results"
     md_path, js_path = write_results(out, name, text, data, command=command_line(MODULE, args.argv))

@@ -389,3 +389,42 @@ def test_bad_input_through_the_real_command_line() -> None:
     assert done.returncode == 2, done.stderr
     assert _one_error_line(done.stderr, "--episodes") == "error: argument --episodes: must be >= 1, got 0"
     assert done.stdout == ""
+
+
+def test_bench_learning_seeds_reports_each_seed_and_the_mean_with_a_ci_across_seeds(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    args = [
+        "--iterations",
+        "1",
+        "--precise-tasks",
+        "0",
+        "--run-dir",
+        str(run),
+        "--no-progress",
+        "--num-tasks",
+        "2",
+        "--num-steps",
+        "1",
+        "--episodes",
+        "2",
+        "--seeds",
+        "3",
+        "--seed",
+        "5",
+        *_sets(TINY_NAV),
+    ]
+    assert bench_learning.main(args) == 0
+    data = json.loads((run / "results" / "navigation2d.json").read_text())
+    assert [r["seed"] for r in data["runs"]] == [5, 6, 7]
+    assert all((run / f"seed_{s}" / "checkpoints" / "latest.pt").is_file() for s in (5, 6, 7))
+    per_seed = [r["results"]["MAML (metarl)"]["steps"][1]["mean_return"] for r in data["runs"]]
+    assert len(set(per_seed)) == 3  # different seeds, different runs
+    mean, ci = bench_learning.seed_ci95(per_seed)
+    md = (run / "results" / "navigation2d.md").read_text()
+    assert f"**{mean:.2f} ± {ci:.2f}**" in md and "mean over 3 seeds" in md
+
+
+def test_seed_ci95_uses_student_t() -> None:
+    mean, ci = bench_learning.seed_ci95([1.0, 2.0, 3.0])
+    assert mean == 2.0 and ci == pytest.approx(4.303 * 1.0 / 3**0.5)
+    assert np.isnan(bench_learning.seed_ci95([1.0])[1])
