@@ -38,9 +38,9 @@ from metarl.checkpoint import (
     remove_stale_temp_files,
     save_checkpoint,
 )
+from metarl.classifier import Model
 from metarl.config import Config, to_dict
 from metarl.errors import CheckpointError, ConfigError, EnvError, MetarlError, RunDirError, TrainingDiverged
-from metarl.policy import GaussianMLPPolicy
 
 Log = Callable[[str], None]
 LOCK = ".lock"
@@ -57,10 +57,13 @@ class Interrupted(MetarlError):
 
 
 class Algorithm:
-    """One meta-training method as the loop sees it. Subclasses set ``policy`` (and ``optimizer``)."""
+    """One meta-training method as the loop sees it. Subclasses set ``policy`` (and ``optimizer``).
+
+    ``policy`` is the meta-learned model: a Gaussian policy (RL, regression) or a classifier.
+    """
 
     name = "algorithm"
-    policy: GaussianMLPPolicy
+    policy: Model
     optimizer: torch.optim.Optimizer | None = None
     progress_keys: dict[str, str] = {}
     """Metric key -> short label shown on the progress bar."""
@@ -89,7 +92,7 @@ class TrainResult:
 
     run_dir: Path
     checkpoint: Path
-    policy: GaussianMLPPolicy
+    policy: Model
     iteration: int
 
 
@@ -268,7 +271,7 @@ class _StopRequest:
 # --------------------------------------------------------------------------- the loop
 
 
-def param_norm(policy: GaussianMLPPolicy) -> float:
+def param_norm(policy: Model) -> float:
     """L2 norm of all parameters."""
     with torch.no_grad():
         return float(torch.linalg.vector_norm(torch.cat([p.reshape(-1) for p in policy.parameters()])))
@@ -467,14 +470,14 @@ def _one_iteration(algorithm: Algorithm, it: int, last: Path | None, config: Con
         raise TrainingDiverged(f"iteration {it}: {exc}; stopped, {where}") from exc
     except EnvError as exc:
         raise EnvError(f"iteration {it}: {exc}; {where}") from exc
-    if metrics is not None:
-        bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
-        if bad:
-            raise TrainingDiverged(f"iteration {it}: non-finite {', '.join(sorted(bad))}; stopped, {where}")
     norm = param_norm(algorithm.policy)
     if not math.isfinite(norm) or norm > config.outer.max_param_norm:
         raise TrainingDiverged(
             f"iteration {it}: the meta-update made the parameters explode (L2 norm {norm:.3g} > "
             f"outer.max_param_norm={config.outer.max_param_norm:g}); stopped, {where}"
         )
+    if metrics is not None:
+        bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+        if bad:
+            raise TrainingDiverged(f"iteration {it}: non-finite {', '.join(sorted(bad))}; stopped, {where}")
     return metrics

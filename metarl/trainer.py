@@ -10,19 +10,20 @@ from pathlib import Path
 import torch
 
 from metarl import build
+from metarl.algorithms import algorithm_name
 from metarl.config import Config
 from metarl.episodes import Episodes
 from metarl.loop import Algorithm, Log, TrainResult, _stderr, run_training
 from metarl.maml import MetaBatch, sample_meta_batch
-from metarl.policy import Params
+from metarl.policy import GaussianMLPPolicy, Params
 from metarl.sampler import torch_threads
 from metarl.trpo import adam_step, trpo_step
 
 
 def algo_name(config: Config) -> str:
-    """e.g. ``maml-trpo``, ``fomaml-adam`` or ``maml-supervised``."""
-    outer = "supervised" if config.maml.loss == "supervised" else config.outer.optimizer
-    return f"{'fo' if config.maml.first_order else ''}maml-{outer}"
+    """e.g. ``maml-trpo``, ``fomaml-adam``, ``maml-supervised``, ``metasgd-supervised`` or ``maml-classification``."""
+    outer = config.maml.loss if config.maml.loss in ("supervised", "classification") else config.outer.optimizer
+    return f"{algorithm_name(config.maml)}-{outer}"
 
 
 def run_name(config: Config) -> str:
@@ -39,6 +40,7 @@ class PolicyGradientMAML(Algorithm):
         "meta/return_post": "after adaptation",
         "perf/env_steps_per_s": "env steps/s",
     }
+    policy: GaussianMLPPolicy
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -61,12 +63,13 @@ class PolicyGradientMAML(Algorithm):
             self.sampler, self.policy, self.policy.params(), tasks, self.adaptation, rng, generator
         )
         t1, t_collect = time.perf_counter(), self.sampler.collect_seconds - collected
+        stds = policy_metrics(used)  # before the meta-update: used[0] shares storage with the live parameters
         if self.optimizer is None:
             stats = trpo_step(self.policy, batch, self.adaptation, self.trpo)
         else:
             stats = adam_step(self.policy, self.optimizer, batch, self.adaptation)
         metrics = iteration_metrics(batch, stats, t_collect, t1 - t0 - t_collect, time.perf_counter() - t1)
-        return {**metrics, **policy_metrics(used)}
+        return {**metrics, **stds}
 
     def close(self) -> None:
         """Close the sampler's envs."""
@@ -119,11 +122,15 @@ def policy_metrics(used: Sequence[Params]) -> dict[str, float]:
 
 
 def make_algorithm(config: Config) -> Algorithm:
-    """The algorithm a config names: supervised MAML for ``maml.loss: supervised``, else policy-gradient MAML."""
+    """The algorithm ``maml.loss`` names: supervised (regression), classification, or policy-gradient MAML."""
     if config.maml.loss == "supervised":
         from metarl.supervised import SupervisedMAML
 
         return SupervisedMAML(config)
+    if config.maml.loss == "classification":
+        from metarl.classification import ClassificationMAML
+
+        return ClassificationMAML(config)
     return PolicyGradientMAML(config)
 
 
