@@ -10,7 +10,9 @@ K=10, first-order MAML with K=5 (each in its own run directory under ``--run-dir
 holds a checkpoint is resumed), and the "pretrained on all tasks" baseline (same network, Adam
 on samples of all tasks jointly); "random init" is the untrained network. Every model is
 evaluated on the same fresh tasks (``--num-tasks``): K-shot support set, MSE on 100 query
-points after 0..10 plain SGD steps of 0.01, mean ± 95% CI over tasks. Writes
+points after 0..10 inner steps of the model's inner rule (plain SGD steps of 0.01; a run of another
+``maml.algorithm`` adapts with its checkpoint's learned step sizes and adapted subset), mean ±
+95% CI over tasks. Every algorithm side by side: ``bench_sinusoid_algorithms``. Writes
 ``sinusoid.{md,json}`` and ``sinusoid_adaptation.png`` (held-out tasks: true curve, the K
 shots, predictions before and after 1 and 10 steps, for MAML and the pretrained baseline) to
 ``--results`` (default ``<run-dir>/results``) and prints the table. Training wall times are
@@ -42,8 +44,9 @@ from benchmarks.common import (
     make_parser,
     run_main,
 )
+from metarl.algorithms import InnerRule, checkpoint_inner_rule
 from metarl.build import build_policy, io_dims, task_env
-from metarl.checkpoint import has_checkpoint
+from metarl.checkpoint import has_checkpoint, load_checkpoint
 from metarl.cli import non_negative, positive
 from metarl.config import Config, load_config
 from metarl.paper import SINUSOID_ITERATIONS, SINUSOID_MSE
@@ -51,6 +54,7 @@ from metarl.policy import GaussianMLPPolicy
 from metarl.reporting import write_results
 from metarl.supervised import (
     evaluate_regression,
+    evaluation_rule,
     predictions_after_steps,
     regression_env,
     sample_regression_batch,
@@ -118,8 +122,11 @@ def slug(name: str) -> str:
     return "".join(c for c in name.lower().replace(" ", "_") if c.isalnum() or c in "_-")
 
 
-def train_method(method: Method, config: Config, args: argparse.Namespace) -> tuple[GaussianMLPPolicy, float, bool]:
-    """Train (or build) one method's model; returns it, this invocation's training wall time, and whether it resumed."""
+def train_method(
+    method: Method, config: Config, args: argparse.Namespace
+) -> tuple[GaussianMLPPolicy, InnerRule, float, bool]:
+    """Train (or build) one method's model; returns it, its inner rule (a meta-trained run's from its checkpoint:
+    learned step sizes, adapted subset), this invocation's training wall time, and whether it resumed."""
     start = time.perf_counter()
     resumed = False
     if method.kind == "maml":
@@ -127,12 +134,15 @@ def train_method(method: Method, config: Config, args: argparse.Namespace) -> tu
         resumed = has_checkpoint(run_dir)
         if resumed:
             log(f"   resuming the run in {run_dir}")
-        policy = train(config, run_dir, resume=resumed, progress=not args.no_progress, log=log).policy
-    elif method.kind == "pretrained":
+        result = train(config, run_dir, resume=resumed, progress=not args.no_progress, log=log)
+        checkpoint = load_checkpoint(result.checkpoint)
+        assert isinstance(checkpoint.policy, GaussianMLPPolicy)
+        return checkpoint.policy, checkpoint_inner_rule(checkpoint), time.perf_counter() - start, resumed
+    if method.kind == "pretrained":
         policy = train_pretrained(config, method.iterations, progress=not args.no_progress)
     else:
         policy = build_policy(config, *io_dims(task_env(config)))
-    return policy, time.perf_counter() - start, resumed
+    return policy, evaluation_rule(policy, config), time.perf_counter() - start, resumed
 
 
 def warm_up(args: argparse.Namespace) -> None:
@@ -156,8 +166,9 @@ def markdown(rows: dict[str, dict[str, Any]], num_tasks: int) -> str:
         "# Sinusoid regression: few-shot MSE (MAML vs baselines)",
         "",
         f"Evaluation: {num_tasks} fresh tasks (the same tasks, shots and query points for every "
-        "method with the same K), K-shot support set, MSE on 100 query points x ~ U[-5, 5] after k plain "
-        "SGD steps of 0.01; mean ± 95% CI over tasks. Lower is better. Train wall time: this invocation "
+        "method with the same K), K-shot support set, MSE on 100 query points x ~ U[-5, 5] after k inner "
+        "steps (plain SGD steps of 0.01, or a checkpoint's learned ones); mean ± 95% CI over tasks. Lower is "
+        "better. Train wall time: this invocation "
         "(a resumed run counts only the iterations it added).",
         "",
         "| " + " | ".join(header) + " |",
@@ -178,7 +189,9 @@ def markdown(rows: dict[str, dict[str, Any]], num_tasks: int) -> str:
     return "\n".join(lines)
 
 
-def plot(models: dict[str, GaussianMLPPolicy], config: Config, path: Path, seed: int, num_tasks: int = 3) -> None:
+def plot(
+    models: dict[str, tuple[GaussianMLPPolicy, InnerRule]], config: Config, path: Path, seed: int, num_tasks: int = 3
+) -> None:
     """Held-out tasks: true curve, the K shots, predictions before and after 1 and 10 steps, one row per model."""
     import matplotlib
 
@@ -199,10 +212,8 @@ def plot(models: dict[str, GaussianMLPPolicy], config: Config, path: Path, seed:
         1: ("1 grad step", "--", "tab:green"),
         10: ("10 grad steps", "-", "tab:red"),
     }
-    for row, (name, policy) in enumerate(models.items()):
-        preds = predictions_after_steps(
-            policy, batch.support_x, batch.support_y, grid, list(styles), config.maml.inner_lr
-        )
+    for row, (name, (policy, rule)) in enumerate(models.items()):
+        preds = predictions_after_steps(policy, batch.support_x, batch.support_y, grid, list(styles), rule)
         for col, task in enumerate(tasks):
             ax = axes[row][col]
             ax.plot(xs, task["amplitude"] * np.sin(xs + task["phase"]), color="black", lw=2, label="ground truth")
@@ -257,12 +268,14 @@ def run(args: argparse.Namespace) -> int:
     configs = {method.name: method_config(method, args) for method in methods(args)}  # validate everything first
     warm_up(args)
     rows: dict[str, dict[str, Any]] = {}
-    models: dict[str, GaussianMLPPolicy] = {}
+    models: dict[str, tuple[GaussianMLPPolicy, InnerRule]] = {}
     for method in methods(args):
         config = configs[method.name]
         log(f"== {method.name}: {method.kind}, {method.iterations} iterations")
-        policy, wall, resumed = train_method(method, config, args)
-        evaluation = evaluate_regression(policy, config, num_tasks=args.num_tasks, shots=method.shots, num_steps=10)
+        policy, rule, wall, resumed = train_method(method, config, args)
+        evaluation = evaluate_regression(
+            policy, config, num_tasks=args.num_tasks, shots=method.shots, num_steps=10, rule=rule
+        )
         evaluation.pop("per_task")
         rows[method.name] = {
             "kind": method.kind,
@@ -277,7 +290,7 @@ def run(args: argparse.Namespace) -> int:
             f"   {wall:.0f} s; MSE after 0/1/5/10 steps: "
             + " / ".join(cell(evaluation["steps"][k]) for k in REPORTED_STEPS)
         )
-        models[method.name] = policy
+        models[method.name] = (policy, rule)
 
     table = markdown(rows, args.num_tasks)
     out: Path = args.results or args.run_dir / "results"

@@ -46,6 +46,24 @@ def baseline_features(observations: Tensor, mask: Tensor) -> Tensor:
     return features * mask.unsqueeze(-1)
 
 
+BASELINE_CHUNK_BYTES = 1 << 21
+"""Target size of one chunk of tasks' baseline features (float64): they stay in the CPU's cache."""
+
+
+def _task_features(observations: Tensor, mask: Tensor, out: Tensor) -> Tensor:
+    """:func:`baseline_features` of ``[T, c, B, ...]`` episodes, task-major, into ``out`` (``[c, T*B, F]``, float64)."""
+    obs = observations.double().transpose(0, 1)  # [c, T, B, O]
+    c, horizon, b = obs.shape[:3]
+    obs = obs.clamp(-10.0, 10.0)
+    t = (torch.arange(horizon, dtype=obs.dtype, device=obs.device) / 100.0).view(1, horizon, 1, 1)
+    t = t.expand(c, horizon, b, 1)
+    ones = torch.ones_like(t)
+    features = out.view(c, horizon, b, -1)
+    torch.cat([obs, obs.pow(2), t, t.pow(2), t.pow(3), ones], dim=-1, out=features)
+    features.mul_(mask.double().transpose(0, 1).unsqueeze(-1))
+    return out
+
+
 def linear_feature_baseline(
     observations: Tensor, returns: Tensor, mask: Tensor, reg_coeff: float = 1e-5, max_tries: int = 5
 ) -> Tensor:
@@ -55,12 +73,20 @@ def linear_feature_baseline(
     normal equations positive definite even when features are rank deficient (e.g. constant
     observations); if the factorisation still fails numerically (not positive definite in
     floating point, or a non-finite solution), the ridge grows x10 (``max_tries`` times).
+    The features and their Gram matrices are built a few tasks at a time, in the CPU's cache,
+    straight into a task-major block; every number is the one the whole-batch computation gives.
     """
-    features = baseline_features(observations.double(), mask.double())  # [T, n, B, F]
-    t, n, b, f = features.shape
-    x = features.transpose(0, 1).reshape(n, t * b, f)
-    y = (returns.double() * mask.double()).transpose(0, 1).reshape(n, t * b, 1)
-    gram = x.transpose(1, 2) @ x
+    horizon, n, b = returns.shape[:3]
+    f = 2 * observations.shape[-1] + 4
+    x = torch.empty(n, horizon * b, f, dtype=torch.float64, device=observations.device)
+    size = max(1, min(n, BASELINE_CHUNK_BYTES // (horizon * b * f * 8)))
+    grams = []
+    for start in range(0, n, size):
+        index = slice(start, min(n, start + size))
+        chunk = _task_features(observations[:, index], mask[:, index], x[index])
+        grams.append(torch.bmm(chunk.transpose(1, 2), chunk))  # bmm even for one task: the whole batch's kernel
+    gram = torch.cat(grams)
+    y = (returns.double() * mask.double()).transpose(0, 1).reshape(n, horizon * b, 1)
     rhs = x.transpose(1, 2) @ y
     eye = torch.eye(f, dtype=gram.dtype, device=gram.device)
     reg = reg_coeff
@@ -75,7 +101,7 @@ def linear_feature_baseline(
             "the linear feature baseline has no finite solution (returns or observations overflow: "
             f"largest |return| {returns.abs().max().item():.3g}); the policy diverged?"
         )
-    values = (x @ weights).reshape(n, t, b).transpose(0, 1)
+    values = (x @ weights).reshape(n, horizon, b).transpose(0, 1)
     return values.to(returns.dtype) * mask
 
 

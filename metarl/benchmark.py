@@ -102,11 +102,12 @@ def run_benchmark(
     evaluation when the request cannot run, e.g. an env without an oracle view.
     """
     loaded = load_checkpoint(checkpoint)
-    policy, config, file = loaded.policy, loaded.config, loaded.path
+    config, file = loaded.config, loaded.path
     if config.maml.loss != "pg":
         raise BenchmarkError(
             f"the benchmark compares RL policies; {file} was trained with maml.loss={config.maml.loss!r}"
         )
+    policy = loaded.gaussian_policy("metarl benchmark")
     methods = parse_methods(",".join(methods)) if methods is not None else default_methods(config.env.id)
     if protocol.num_tasks < 1 or protocol.num_steps < 0:
         raise BenchmarkError(f"need num_tasks >= 1 and num_steps >= 0, got {protocol.num_tasks}, {protocol.num_steps}")

@@ -11,6 +11,7 @@ import gymnasium
 import numpy as np
 import torch
 
+from metarl.algorithms import static_first_order
 from metarl.config import Config, EnvConfig, MamlConfig, OuterConfig
 from metarl.errors import ConfigError
 from metarl.maml import AdaptationSettings
@@ -77,8 +78,31 @@ def build_policy(config: Config, obs_dim: int, act_dim: int) -> GaussianMLPPolic
 
 
 def make_sampler(config: Config, num_tasks: int, episodes_per_task: int) -> Sampler:
-    """A sampler of ``episodes_per_task`` episodes for each of ``num_tasks`` tasks of the config's env."""
-    e = config.env
+    """A sampler of ``episodes_per_task`` episodes for each of ``num_tasks`` tasks of the config's env.
+
+    ``sampler.backend: ray`` gives a :class:`metarl.ray_sampler.RaySampler` (same interface, same
+    episodes bit for bit); Ray is imported only then.
+    """
+    e, s = config.env, config.sampler
+    if s.backend == "ray":
+        from metarl.ray_sampler import RaySampler
+
+        # the same interface as Sampler (collect, close, collect_seconds), not a subclass
+        return RaySampler(  # type: ignore[return-value]
+            e.id,
+            num_tasks,
+            episodes_per_task,
+            horizon(e),
+            env_kwargs=e.kwargs,
+            vector_kwargs=e.vector_kwargs,
+            vectorization=e.vectorization,
+            dtype=torch_dtype(config.train.dtype),
+            num_workers=s.num_workers,
+            ray_address=s.ray_address,
+            num_cpus=s.num_cpus,
+            cpus_per_worker=s.cpus_per_worker,
+            max_failures=s.max_failures,
+        )
     return Sampler(
         e.id,
         num_tasks,
@@ -96,7 +120,7 @@ def adaptation_settings(maml: MamlConfig) -> AdaptationSettings:
     return AdaptationSettings(
         inner_lr=maml.inner_lr,
         num_steps=maml.num_inner_steps,
-        first_order=maml.first_order,
+        first_order=static_first_order(maml),
         gamma=maml.gamma,
         gae_lambda=maml.gae_lambda,
         normalize_advantages=maml.normalize_advantages,

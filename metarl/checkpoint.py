@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from metarl.build import torch_dtype
+from metarl.classifier import Model, build_classifier
 from metarl.config import Config, from_dict, to_dict
 from metarl.errors import CheckpointError, ConfigError
 from metarl.policy import GaussianMLPPolicy
@@ -33,21 +34,34 @@ TEMP_SUFFIX = ".tmp"
 
 @dataclass
 class Checkpoint:
-    """A loaded checkpoint: the policy (in the run's dtype), its config and training state."""
+    """A loaded checkpoint: the model (in the run's dtype), its config and training state.
+
+    ``policy`` is the meta-learned model: a :class:`~metarl.policy.GaussianMLPPolicy` (RL,
+    regression), or a classifier for ``maml.loss: classification`` (:mod:`metarl.classifier`).
+    """
 
     path: Path
     iteration: int
     config: Config
-    policy: GaussianMLPPolicy
+    policy: Model
     optimizer: dict[str, Any] | None
     extra: dict[str, Any] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
     """One line per newer checkpoint file that could not be read (and was passed over)."""
 
+    def gaussian_policy(self, command: str) -> GaussianMLPPolicy:
+        """The model as a policy (or regressor); :class:`CheckpointError` naming ``command`` for a classifier."""
+        if not isinstance(self.policy, GaussianMLPPolicy):
+            raise CheckpointError(
+                f"{self.path} holds a few-shot classifier (maml.loss={self.config.maml.loss}); {command} needs a "
+                "policy or regressor (maml.loss pg or supervised); use metarl evaluate for a classifier"
+            )
+        return self.policy
+
 
 def save_checkpoint(
     directory: Path,
-    policy: GaussianMLPPolicy,
+    policy: Model,
     config: Config,
     iteration: int,
     optimizer: torch.optim.Optimizer | None = None,
@@ -65,6 +79,8 @@ def save_checkpoint(
         "config": to_dict(config),
         "extra": dict(extra or {}),
     }
+    if not isinstance(policy, GaussianMLPPolicy):
+        payload["input_shape"] = list(policy.input_shape)  # a classifier's (channels, height, width)
     path = directory / f"checkpoint_{iteration:06d}.pt"
     for target in (path, directory / LATEST):
         _write_atomically(payload, directory, target)
@@ -185,8 +201,14 @@ def _from_payload(file: Path, payload: dict[str, Any]) -> Checkpoint:
     except ConfigError as exc:
         raise CheckpointError(f"{file}: its config is not valid for this metarl version ({exc})") from None
     try:
-        policy = GaussianMLPPolicy.from_config(config.policy, int(payload["obs_dim"]), int(payload["act_dim"]))
-        policy = policy.to(torch_dtype(config.train.dtype))
+        policy: Model
+        if config.maml.loss == "classification":
+            channels, height, width = (int(s) for s in payload["input_shape"])
+            dtype = torch_dtype(config.train.dtype)
+            policy = build_classifier(config.classifier, (channels, height, width), int(payload["act_dim"]), 0, dtype)
+        else:
+            policy = GaussianMLPPolicy.from_config(config.policy, int(payload["obs_dim"]), int(payload["act_dim"]))
+            policy = policy.to(torch_dtype(config.train.dtype))
         policy.load_state_dict(payload["policy"])
         iteration = int(payload["iteration"])
     except (RuntimeError, TypeError, ValueError, AttributeError, KeyError) as exc:

@@ -155,22 +155,54 @@ def cmd_evaluate(args: argparse.Namespace, log: Callable[[str], None]) -> int:
     """Few-shot evaluation of a run's checkpoint; writes ``evaluation.json`` and prints the table."""
     from metarl.checkpoint import load_checkpoint
     from metarl.evaluation import evaluate_adaptation, markdown_table, returns_by_task_parameter
+    from metarl.policy import GaussianMLPPolicy
     from metarl.reporting import write_json
 
     checkpoint = load_checkpoint(args.run_dir)
     for line in checkpoint.skipped:
         log(f"note: skipped unreadable checkpoint: {line}")
     config = checkpoint.config
-    if config.maml.loss == "supervised":
+    if config.maml.loss == "classification":
+        import torch
+
+        from metarl.algorithms import checkpoint_inner_rule
+        from metarl.classification import accuracy_table, evaluate_classification
+        from metarl.sampler import torch_threads
+
+        assert not isinstance(checkpoint.policy, GaussianMLPPolicy)  # the loader builds a classifier for this loss
+        with torch_threads(config.train.num_threads or torch.get_num_threads()):  # the learner's threads
+            result = evaluate_classification(
+                checkpoint.policy,
+                config,
+                args.num_tasks,
+                num_steps=args.num_steps,
+                seed=args.seed,
+                rule=checkpoint_inner_rule(checkpoint),
+            )
+        table = accuracy_table(config, result)
+    elif config.maml.loss == "supervised":
+        from metarl.algorithms import algorithm_name, checkpoint_inner_rule
         from metarl.supervised import evaluate_regression
 
+        rule = checkpoint_inner_rule(checkpoint)  # the run's learned step sizes and adapted subset
         result = evaluate_regression(
-            checkpoint.policy, config, args.num_tasks, num_steps=args.num_steps, seed=args.seed
+            checkpoint.gaussian_policy("metarl evaluate"),
+            config,
+            args.num_tasks,
+            num_steps=args.num_steps,
+            seed=args.seed,
+            rule=rule,
         )
-        table = markdown_table({"MAML": result}, key="mse", digits=3)
+        table = markdown_table({algorithm_name(config.maml): result}, key="mse", digits=3)
+        table += f"\n\nInner rule: {result['inner_rule']}"
     else:
         result = evaluate_adaptation(
-            checkpoint.policy, config, args.num_tasks, args.num_steps, args.episodes, args.seed
+            checkpoint.gaussian_policy("metarl evaluate"),
+            config,
+            args.num_tasks,
+            args.num_steps,
+            args.episodes,
+            args.seed,
         )
         table = markdown_table({"MAML": result})
         lengths = " / ".join(
@@ -289,8 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "evaluate",
         help="few-shot evaluation on fresh tasks",
-        description="Return (or regression MSE) after 0..k inner steps on fresh tasks: step size alpha, "
-        "then alpha/2 (the MAML paper's protocol). Writes evaluation.json.",
+        description="Return after 0..k inner steps on fresh tasks: step size alpha, then alpha/2 (the MAML "
+        "paper's protocol). Regression: MSE; classification: query accuracy on tasks of the held-out classes "
+        "(both adapt with the run's own inner rule). Writes evaluation.json.",
     )
     add_run_dir(p, True, "run directory or checkpoint file")
     add_eval_flags(p)

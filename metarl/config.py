@@ -84,12 +84,33 @@ class PolicyConfig:
 class MamlConfig:
     """Inner loop and sampling (per meta-iteration)."""
 
-    loss: Literal["pg", "supervised"] = _f("pg", "inner/outer loss family: policy gradient, or supervised MSE")
+    loss: Literal["pg", "supervised", "classification"] = _f(
+        "pg",
+        "inner/outer loss family: policy gradient, supervised MSE (regression), or cross-entropy (N-way K-shot "
+        "classification of a few-shot env such as metarl/Glyphs-v0, with the classifier section's model)",
+    )
     meta_batch_size: int = _f(20, "tasks per meta-iteration (n)", gt=0)
     episodes_per_task: int = _f(20, "trajectories per task and inner step (B)", gt=0)
     inner_lr: float = _f(0.1, "inner-loop step size alpha", gt=0)
     num_inner_steps: int = _f(1, "inner gradient steps k (re-sampling between steps)", gt=0)
-    first_order: bool = _f(False, "detach the inner gradient (first-order MAML)")
+    first_order: bool | None = _f(
+        None,
+        "detach the inner gradient (first order); null: what maml.algorithm implies (fomaml, reptile: true; "
+        "mamlpp: annealed, see mamlpp.first_order_iterations; the others: false). A value that contradicts "
+        "the algorithm is an error",
+    )
+    algorithm: Literal["maml", "fomaml", "reptile", "metasgd", "anil", "mamlpp"] = _f(
+        "maml",
+        "the meta-learning algorithm (docs/design.md#algorithms): maml, fomaml (first order), reptile "
+        "(Nichol et al. 2018), metasgd (learned per-parameter inner step sizes, Li et al. 2017), anil (only "
+        "maml.adapt_params adapt in the inner loop, Raghu et al. 2020), mamlpp (MAML++, Antoniou et al. 2019). "
+        "maml.loss=pg: maml or fomaml",
+    )
+    adapt_params: Literal["all", "head"] | list[str] | None = _f(
+        None,
+        "the parameters the inner loop adapts: all, head (the model's last layer), or a list of parameter names "
+        "or layer prefixes (e.g. [layers.2]); null: the algorithm's default (anil: head, the others: all)",
+    )
     gamma: float = _f(0.99, "discount factor", ge=0, le=1)
     gae_lambda: float = _f(1.0, "GAE lambda (1: Monte-Carlo returns minus baseline)", ge=0, le=1)
     normalize_advantages: bool = _f(True, "standardise advantages per task")
@@ -117,6 +138,12 @@ class OuterConfig:
         "exact", "TRPO KL Hessian: exact through the inner loop, or the adapted policies' Fisher (inner Jacobian = I)"
     )
     lr: float = _f(1e-3, "Adam learning rate", gt=0)
+    step_size_lr: float | None = _f(
+        None,
+        "Adam learning rate of the learned inner step sizes (metasgd's alpha, mamlpp's per-layer step sizes); "
+        "null: outer.lr, as the papers",
+        gt=0,
+    )
     max_param_norm: float = _f(
         1e4, "reject a meta-update whose parameters' L2 norm exceeds this (an exploding step, treated like a NaN)", gt=0
     )
@@ -138,6 +165,12 @@ class TrainConfig:
         ge=0,
     )
     dtype: Literal["float32", "float64"] = _f("float32", "floating-point precision of the learner")
+    device: Literal["cpu", "cuda", "auto"] = _f(
+        "cpu",
+        "where policy-gradient MAML's learner runs (advantages, inner steps, meta-gradient, TRPO/Adam); the sampler "
+        "stays on the CPU, each sampling's episodes are moved once (pinned memory), checkpoints are saved from the "
+        "CPU copy. auto: cuda when a CUDA device is available, else cpu",
+    )
 
 
 @dataclass
@@ -154,10 +187,106 @@ class EvalConfig:
 class SupervisedConfig:
     """Supervised MAML (``maml.loss: supervised``): support/query sets per task."""
 
-    shots: int = _f(5, "K support samples per task", gt=0)
-    query_size: int = _f(10, "query samples per task for the outer loss", gt=0)
-    eval_query_size: int = _f(100, "query points per task for the evaluation MSE", gt=0)
+    shots: int = _f(5, "K support samples per task (classification: per class)", gt=0)
+    query_size: int = _f(10, "query samples per task for the outer loss (classification: per class)", gt=0)
+    eval_query_size: int = _f(
+        100, "query points per task for the evaluation MSE (classification: images per class, accuracy)", gt=0
+    )
     log_every: int = _f(100, "log the mean of the per-iteration metrics every N iterations", gt=0)
+
+
+@dataclass
+class ClassifierConfig:
+    """Few-shot classifier (``maml.loss: classification``); N (ways) is the env's ``env.kwargs.ways``."""
+
+    model: Literal["conv", "mlp"] = _f(
+        "conv", "conv: the MAML paper's 4-block conv net; mlp: its MLP on the flattened image"
+    )
+    filters: int = _f(64, "conv: channels of every 3x3 convolution (paper: 64)", gt=0)
+    blocks: int = _f(4, "conv: conv-norm-ReLU-downsample blocks (paper: 4)", gt=0)
+    downsample: Literal["stride", "maxpool"] = _f(
+        "stride", "conv: stride-2 convolutions (the MAML code's Omniglot model) or 2x2 max-pooling"
+    )
+    norm: Literal["batch", "none"] = _f(
+        "batch",
+        "batch: batch normalisation with statistics of each task's own images (no running statistics, nothing "
+        "shared across tasks); none: no normalisation",
+    )
+    hidden_sizes: list[int] = _f([256, 128, 64, 64], "mlp: hidden layer widths (paper: 256, 128, 64, 64)")
+    eval_chunk: int = _f(
+        8,
+        "evaluation: tasks adapted together per chunk (bounds memory; on CPU, small chunks also avoid glibc's "
+        "page-faulting of huge allocations, which made 100-task chunks 1.5x slower)",
+        gt=0,
+    )
+
+
+@dataclass
+class SamplerConfig:
+    """Where episodes are sampled: in this process (local) or on Ray actors (one machine or a cluster)."""
+
+    backend: Literal["local", "ray"] = _f(
+        "local",
+        "local: one vector env in this process; ray: Ray actors, each with a vector env for a slice of the tasks "
+        "(same seed, same episodes bit for bit; needs the ray extra)",
+    )
+    num_workers: int = _f(
+        0, "ray: sampling actors (0: one per CPU of the Ray cluster; at most one per task of the meta-batch)", ge=0
+    )
+    ray_address: str | None = _f(
+        None,
+        "ray: cluster to join ('auto': the one `ray start` runs on this machine, or host:port); "
+        "null: $RAY_ADDRESS if set, else an embedded Ray started in this process",
+    )
+    num_cpus: int = _f(0, "ray: CPUs of the embedded Ray (0: all cores of this machine)", ge=0)
+    cpus_per_worker: float = _f(1.0, "ray: CPUs reserved for each sampling actor", gt=0)
+    max_failures: int = _f(
+        3,
+        "ray: times one actor's slice may fail in one sampling (actor died, env raised) and be re-sampled on a "
+        "restarted actor before the run stops with an error naming the env, the task and the failure",
+        ge=0,
+    )
+
+
+@dataclass
+class ReptileConfig:
+    """Reptile (``maml.algorithm: reptile``): the outer step and the inner optimiser."""
+
+    outer_step_size: float = _f(
+        1.0,
+        "epsilon at iteration 0 of theta <- theta + epsilon * (mean_i phi_i - theta), phi_i: task i's parameters "
+        "after maml.num_inner_steps inner steps (paper: 1.0 for few-shot classification)",
+        gt=0,
+    )
+    final_outer_step_size: float = _f(
+        0.0, "epsilon at the last iteration; linear in between (the paper anneals it linearly to 0)", ge=0
+    )
+    inner_optimizer: Literal["sgd", "adam"] = _f(
+        "sgd", "inner steps: SGD of size maml.inner_lr, or Adam of learning rate maml.inner_lr (moments per task)"
+    )
+    adam_beta1: float = _f(0.0, "the inner Adam's beta1 (paper: 0)", ge=0, lt=1)
+
+
+@dataclass
+class MamlppConfig:
+    """MAML++ (``maml.algorithm: mamlpp``): the annealing schedules (the paper's fixes without batch norm)."""
+
+    multi_step_loss_iterations: int | None = _f(
+        None,
+        "iterations over which the multi-step loss weights move from uniform toward the last inner step; after "
+        "them only the last step's query loss counts (null: train.iterations/10, the paper's 15 of 150 epochs; "
+        "0: last step only)",
+        ge=0,
+    )
+    first_order_iterations: int | None = _f(
+        None,
+        "derivative-order annealing: first-order meta-gradients for this many iterations, then second order "
+        "(null: train.iterations/3, the paper's 50 of 150 epochs)",
+        ge=0,
+    )
+    min_outer_lr: float = _f(
+        1e-5, "the outer learning rate is cosine-annealed from outer.lr to this over train.iterations", ge=0
+    )
 
 
 @dataclass
@@ -171,19 +300,25 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     supervised: SupervisedConfig = field(default_factory=SupervisedConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    reptile: ReptileConfig = field(default_factory=ReptileConfig)
+    mamlpp: MamlppConfig = field(default_factory=MamlppConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
 
 
 def _allowed(tp: Any, meta: dict[str, Any]) -> str:
     """Human description of what a field accepts."""
     origin = typing.get_origin(tp)
-    if origin is types.UnionType:
-        inner = [a for a in typing.get_args(tp) if a is not type(None)][0]
-        return f"{_allowed(inner, meta)}, or null"
+    if origin in (types.UnionType, typing.Union):
+        args = typing.get_args(tp)
+        parts = [_allowed(a, meta) for a in args if a is not type(None)]
+        return ", or ".join(parts) + (", or null" if type(None) in args else "")
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     name = getattr(tp, "__name__", str(tp))
     if origin is list:
-        name = f"a non-empty list of positive {typing.get_args(tp)[0].__name__}"
+        item = typing.get_args(tp)[0]
+        name = f"a non-empty list of {'positive ' if item in (int, float) else ''}{item.__name__}"
     bounds = [f"{op} {meta[k]}" for k, op in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")) if k in meta]
     return f"{name}" + (f" {' and '.join(bounds)}" if bounds else "")
 
@@ -195,14 +330,16 @@ def _coerce(key: str, value: Any, tp: Any, meta: dict[str, Any]) -> Any:
         return ConfigError(f"config key '{key}': bad value {value!r}; allowed: {_allowed(tp, meta)}")
 
     origin = typing.get_origin(tp)
-    if origin is types.UnionType:  # X | None
-        if value is None:
+    if origin in (types.UnionType, typing.Union):  # X | None, or X | Y (the first alternative that fits)
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
             return None
-        inner = [a for a in typing.get_args(tp) if a is not type(None)][0]
-        try:
-            return _coerce(key, value, inner, meta)
-        except ConfigError:
-            raise bad() from None
+        for alternative in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(key, value, alternative, meta)
+            except ConfigError:
+                continue
+        raise bad()
     if origin is Literal:
         if value not in typing.get_args(tp):
             raise bad()
@@ -283,6 +420,9 @@ def from_dict(data: dict[str, Any] | None) -> Config:
             if key not in fields:
                 raise ConfigError(f"config key '{section}.{key}': unknown key; allowed: {', '.join(fields)}")
             setattr(target, key, _coerce(f"{section}.{key}", value, hints[key], dict(fields[key].metadata)))
+    from metarl.algorithms import check_config  # keys that must agree with each other (imports torch)
+
+    check_config(config)
     return config
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -54,6 +55,39 @@ class Episodes:
         cut = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         return Episodes(**{k: None if v is None else v[:, :, :episodes_per_task] for k, v in cut.items()})  # type: ignore[arg-type]
 
+    def tasks(self, index: slice) -> Episodes:
+        """The episodes of the tasks ``index`` selects (a view along the task dimension, no copy)."""
+        cut = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return Episodes(**{k: None if v is None else v[:, index] for k, v in cut.items()})  # type: ignore[arg-type]
+
+    def task_major_storage(self) -> Episodes:
+        """The same episodes (same shapes and values) stored task by task in memory.
+
+        Every tensor is still indexed ``[T, n, B, ...]``, but is a transposed view of a
+        contiguous ``[n, T, B, ...]`` block, so :func:`task_major` (and so every per-task
+        forward) is a view instead of a copy, and a slice of tasks (:meth:`tasks`) is one
+        contiguous block. Values are untouched: every computation gives the same result.
+        """
+        cut = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return Episodes(
+            **{k: None if v is None else v.transpose(0, 1).contiguous().transpose(0, 1) for k, v in cut.items()}  # type: ignore[arg-type]
+        )
+
+    def to(self, device: torch.device) -> Episodes:
+        """The episodes on ``device`` (themselves if already there); to CUDA through pinned memory, asynchronously."""
+        cut = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if all(v is None or v.device == device for v in cut.values()):
+            return self
+        cuda = device.type == "cuda"
+        return Episodes(
+            **{
+                k: None
+                if v is None
+                else (v.pin_memory() if cuda and v.device.type == "cpu" else v).to(device, non_blocking=cuda)
+                for k, v in cut.items()
+            }  # type: ignore[arg-type]
+        )
+
     def require_advantages(self) -> Tensor:
         """The advantages; an error if :func:`metarl.advantages.process` has not attached them."""
         if self.advantages is None:
@@ -79,3 +113,27 @@ def masked_task_mean(x: Tensor, mask: Tensor) -> Tensor:
 def stack_time(steps: list[Tensor]) -> Tensor:
     """Stack per-step tensors ``[n, B, ...]`` into ``[T, n, B, ...]``."""
     return torch.stack(steps, 0)
+
+
+class OnDevice:
+    """A sampler whose episodes arrive on the learner's device.
+
+    Sampling stays on the CPU: the policy module and the parameters the sampler is given are
+    replaced by the CPU policy and CPU copies of the parameters (a handful of tensors), and
+    each sampling's episodes are moved to ``device`` once (:meth:`Episodes.to`). Everything
+    else (``collect_seconds``, ``close``, ...) is the wrapped sampler's.
+    """
+
+    def __init__(self, sampler: Any, device: torch.device, cpu_policy: Any) -> None:
+        self.sampler = sampler
+        self.device = device
+        self.cpu_policy = cpu_policy
+
+    def collect(self, policy: Any, params: dict[str, Tensor], *args: Any, **kwargs: Any) -> Episodes:
+        """Sample on the CPU with CPU copies of ``params``; return the episodes on the device."""
+        cpu = {k: v.detach().to("cpu") for k, v in params.items()}
+        episodes: Episodes = self.sampler.collect(self.cpu_policy, cpu, *args, **kwargs)
+        return episodes.to(self.device)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sampler, name)

@@ -47,3 +47,7 @@ class BenchmarkError(MetarlError, ValueError):
 
 class RenderError(MetarlError, ValueError):
     """A task spec, task count or env that cannot be rendered (reported as one ``error:`` line)."""
+
+
+class DataError(MetarlError, ValueError):
+    """A data set is missing, incomplete or unreadable (the message says where to put it)."""

@@ -8,7 +8,7 @@ loop over tasks anywhere here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -55,23 +55,73 @@ def inner_update(
     return out
 
 
-def adapt(
+@dataclass(frozen=True)
+class InnerAdam:
+    """Adam as the inner optimiser (Reptile's choice), per task: each task's moments are its own.
+
+    Applied by :func:`adapt_steps` to stacked parameters, so the moments are stacked too and the
+    tasks never share state. Fresh moments at every adaptation (a new task). ``beta1 = 0`` is
+    the Reptile paper's setting (Nichol et al. 2018, appendix).
+    """
+
+    beta1: float = 0.0
+    beta2: float = 0.999
+    eps: float = 1e-8
+
+    def update(
+        self,
+        params: Params,
+        grads: dict[str, Tensor],
+        lr: StepSize,
+        state: dict[str, tuple[Tensor, Tensor]],
+        step: int,
+        adapted: Collection[str] | None = None,
+    ) -> tuple[Params, dict[str, tuple[Tensor, Tensor]]]:
+        """Step ``step`` (0-based) of bias-corrected Adam on the ``adapted`` parameters; pure, returns new moments."""
+        out: Params = {}
+        moments: dict[str, tuple[Tensor, Tensor]] = {}
+        for name, p in params.items():
+            if adapted is not None and name not in adapted:
+                out[name] = p
+                continue
+            g = grads[name]
+            m0, v0 = state.get(name, (torch.zeros_like(g), torch.zeros_like(g)))
+            m = self.beta1 * m0 + (1 - self.beta1) * g
+            v = self.beta2 * v0 + (1 - self.beta2) * g * g
+            m_hat = m / (1 - self.beta1 ** (step + 1))
+            v_hat = v / (1 - self.beta2 ** (step + 1))
+            size = lr if isinstance(lr, float | int) else lr[name]
+            out[name] = p - size * m_hat / (v_hat.sqrt() + self.eps)
+            moments[name] = (m, v)
+        return out, moments
+
+
+def adapt_steps(
     loss_fn: InnerLoss,
     params: Params,
     num_tasks: int,
     lrs: Sequence[StepSize],
     first_order: bool,
     adapted: Collection[str] | None = None,
-) -> Params:
-    """Run ``len(lrs)`` inner gradient steps from ``params`` for all tasks at once; return stacked params.
+    stacked: bool | None = None,
+    optimizer: InnerAdam | None = None,
+) -> Iterator[Params]:
+    """The inner loop: run ``len(lrs)`` inner steps from ``params`` for all tasks at once, yielding the
+    stacked per-task parameters after every step.
 
-    ``params`` may be shared (they are expanded to ``num_tasks`` copies) or already stacked.
-    Second order (``first_order=False``) keeps the graph of the inner gradients so that the
-    result is differentiable in ``params`` through them; first order detaches the inner
-    gradients, so ``d adapted / d params`` is the identity. Learned step sizes in ``lrs`` stay
-    differentiable either way. Only the ``adapted`` parameters (default: all) take inner steps;
-    the inner gradient is not even computed for the others. If ``params`` carry no graph at all
-    (e.g. while sampling), leaf copies are made so the inner gradient can be taken.
+    The one inner loop of metarl; :func:`adapt` returns its last parameters, MAML++'s multi-step
+    loss and the evaluations read every step's. ``params`` may be shared (they are expanded to
+    ``num_tasks`` copies) or already stacked. Second order (``first_order=False``) keeps the
+    graph of the inner gradients so that the result is differentiable in ``params`` through
+    them; first order detaches the inner gradients, so ``d adapted / d params`` is the
+    identity. Learned step sizes in ``lrs`` stay differentiable either way. Only the
+    ``adapted`` parameters (default: all) take inner steps; the inner gradient is not even
+    computed for the others. If ``params`` carry no graph at all (e.g. while sampling), leaf
+    copies are made so the inner gradient can be taken. ``stacked`` says whether ``params``
+    are already stacked per task; ``None`` decides by the policy's log-std
+    (:func:`~metarl.policy.is_stacked`), so other models (classifiers) must say it. The step is
+    gradient descent ``params - lr * grad`` (:func:`inner_update`), or Adam with per-task
+    moments when ``optimizer`` is given.
     """
     if adapted is not None:
         unknown = set(adapted) - params.keys()
@@ -80,13 +130,41 @@ def adapt(
     names = [n for n in params if adapted is None or n in adapted]
     if not any(params[n].requires_grad for n in names):
         params = {k: (p.detach().requires_grad_() if k in names else p) for k, p in params.items()}
-    stacked = params if is_stacked(params) else stack_params(params, num_tasks)
+    if stacked is None:
+        stacked = is_stacked(params)
+    current = params if stacked else stack_params(params, num_tasks)
+    moments: dict[str, tuple[Tensor, Tensor]] = {}
     for step, lr in enumerate(lrs):
         with torch.enable_grad():
-            loss = loss_fn(stacked, step)
-            grads = torch.autograd.grad(loss, [stacked[n] for n in names], create_graph=not first_order)
-        stacked = inner_update(stacked, dict(zip(names, grads, strict=True)), lr, adapted)
-    return stacked
+            loss = loss_fn(current, step)
+            raw = torch.autograd.grad(loss, [current[n] for n in names], create_graph=not first_order)
+            grads = dict(zip(names, raw, strict=True))
+        if optimizer is None:
+            current = inner_update(current, grads, lr, adapted)
+        else:
+            current, moments = optimizer.update(current, grads, lr, moments, step, adapted)
+        yield current
+
+
+def adapt(
+    loss_fn: InnerLoss,
+    params: Params,
+    num_tasks: int,
+    lrs: Sequence[StepSize],
+    first_order: bool,
+    adapted: Collection[str] | None = None,
+    stacked: bool | None = None,
+    optimizer: InnerAdam | None = None,
+) -> Params:
+    """Run ``len(lrs)`` inner steps from ``params`` for all tasks at once; return the stacked params.
+
+    The last parameters of :func:`adapt_steps` (which documents the arguments); with no step,
+    ``params`` stacked per task.
+    """
+    current = params if (is_stacked(params) if stacked is None else stacked) else stack_params(params, num_tasks)
+    for current in adapt_steps(loss_fn, params, num_tasks, lrs, first_order, adapted, stacked, optimizer):  # noqa: B007
+        pass
+    return current
 
 
 def inner_step_sizes(inner_lr: float, num_steps: int, decay_after_first: bool = False) -> list[float]:
@@ -160,15 +238,37 @@ def surrogate_and_old_policy(
 
 
 def _surrogate(logp: Tensor, old_logp: Tensor, episodes: Episodes) -> Tensor:
+    return task_surrogates(logp, old_logp, episodes).mean()
+
+
+def task_surrogates(logp: Tensor, old_logp: Tensor, episodes: Episodes) -> Tensor:
+    """Each task's surrogate loss ``-mean_t[ratio * A]`` from task-major log-probabilities; ``[n]``."""
     ratio = torch.exp(logp - old_logp)
-    return -masked_task_mean(ratio * task_major(episodes.require_advantages()), task_major(episodes.mask)).mean()
+    return -masked_task_mean(ratio * task_major(episodes.require_advantages()), task_major(episodes.mask))
 
 
 def mean_kl(policy: GaussianMLPPolicy, adapted: Params, episodes: Episodes, old: OldPolicy) -> Tensor:
     """Mean over tasks of the mean KL(old || current adapted policy) on the episodes' states."""
     _, mean, log_std = log_probs(policy, adapted, episodes)
+    return task_kls(mean, log_std, old, episodes).mean()
+
+
+def task_kls(mean: Tensor, log_std: Tensor, old: OldPolicy, episodes: Episodes) -> Tensor:
+    """Each task's mean KL(old || the policy with this task-major ``mean``, ``log_std``) over its states; ``[n]``."""
     kl = kl_divergence(old.mean, old.log_std, mean, log_std)
-    return masked_task_mean(kl, task_major(episodes.mask)).mean()
+    return masked_task_mean(kl, task_major(episodes.mask))
+
+
+def task_surrogates_and_kls(
+    policy: GaussianMLPPolicy, adapted: Params, episodes: Episodes, old: OldPolicy
+) -> tuple[Tensor, Tensor]:
+    """Each task's surrogate loss and mean KL from old, ``[n]`` each, from one forward pass.
+
+    Their means over tasks are :func:`surrogate_loss` and :func:`mean_kl`, value for value:
+    the line search needs both at every candidate step.
+    """
+    logp, mean, log_std = log_probs(policy, adapted, episodes)
+    return task_surrogates(logp, old.log_probs, episodes), task_kls(mean, log_std, old, episodes)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ matmul, so a whole meta-batch with per-task adapted parameters is one forward pa
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import torch
@@ -82,6 +83,11 @@ class GaussianMLPPolicy(nn.Module):
         """The module's own parameters as a dict (shared, not stacked)."""
         return dict(self.named_parameters())
 
+    def head_names(self) -> list[str]:
+        """The last layer's parameter names: the head that ANIL adapts (``maml.adapt_params: head``)."""
+        last = len(self.layers) - 1
+        return [f"layers.{last}.weight", f"layers.{last}.bias"]
+
     def forward(self, obs: Tensor, params: Params | None = None) -> tuple[Tensor, Tensor]:
         """Mean and log-std of the action distribution.
 
@@ -150,6 +156,187 @@ def unflatten(vector: Tensor, like: Params) -> Params:
     return out
 
 
+def learner_device(name: str) -> torch.device:
+    """The device ``train.device`` names: ``cpu``, ``cuda`` (an error without a CUDA device), or ``auto``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        from metarl.errors import ConfigError
+
+        raise ConfigError(
+            f"config key 'train.device': cuda, but torch {torch.__version__} sees no CUDA device "
+            "(use cpu, or auto to take a GPU only when there is one)"
+        )
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu, cuda or auto, got {name!r}")
+    return torch.device(name)
+
+
 def is_stacked(params: Params) -> bool:
     """True if the parameters carry a leading per-task dimension."""
     return params["log_std"].dim() == 2
+
+
+# --------------------------------------------------------------------------- closed-form derivatives
+#
+# The meta-update differentiates the policy's mean network with stacked per-task parameters
+# (``[c, out, in]`` weights for a chunk of ``c`` tasks) and inputs ``[c, M, obs_dim]``. These
+# functions do it by hand, without autograd: a forward pass that keeps what the derivatives
+# need, the vector-Jacobian product (backward), the Jacobian-vector product (forward tangent)
+# and the second-order backward (Pearlmutter's R-operator) that turns a backward into a
+# Hessian-vector product. Every pass is a few batched matmuls per layer plus in-place
+# elementwise updates: no graph, no saved copies. Layer ``l`` computes
+# ``a_l = h_{l-1} W_l^T + b_l``, ``h_l = phi(a_l)`` (``h_0`` the observation; the last layer's
+# ``a`` is the mean). They run under ``torch.no_grad``.
+
+
+@dataclass
+class MLPCache:
+    """A forward pass of the mean network, kept for its derivatives."""
+
+    inputs: list[Tensor]
+    """``inputs[l]``: the input ``h_{l-1}`` of layer ``l``, ``[c, M, in_l]`` (``inputs[0]`` is the observation)."""
+    slopes: list[Tensor]
+    """``slopes[l]``: ``phi'(a_l)`` of hidden layer ``l``, ``[c, M, out_l]``."""
+    mean: Tensor
+    """The action mean, ``[c, M, act_dim]``."""
+
+
+@dataclass
+class MLPBackward:
+    """A backward pass: the parameter gradients and what a later Hessian-vector product reuses."""
+
+    grads: Params
+    """Gradients of the weights and biases (stacked), by parameter name."""
+    outputs: list[Tensor]
+    """``outputs[l]``: the gradient w.r.t. ``a_l`` of every layer."""
+    curvature: list[Tensor | None]
+    """tanh: ``g_{h_l} * h_l`` per hidden layer (``phi''(a) Ra = -2 h Rh``); relu: ``None`` (``phi'' = 0``)."""
+
+
+def _weight(i: int) -> str:
+    return f"layers.{i}.weight"
+
+
+def _bias(i: int) -> str:
+    return f"layers.{i}.bias"
+
+
+def _affine(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """``x @ W^T + b`` per task: ``x [c, M, in]``, ``W [c, out, in]``, ``b [c, out]``.
+
+    The product, then the bias added in place: faster than ``baddbmm``, which first copies the
+    broadcast bias into the output.
+    """
+    return torch.bmm(x, weight.transpose(1, 2)).add_(bias.unsqueeze(1))
+
+
+@torch.no_grad()
+def mlp_forward(policy: GaussianMLPPolicy, params: Params, obs: Tensor) -> MLPCache:
+    """The mean network on ``obs [c, M, obs_dim]`` with stacked ``params``, keeping layer inputs and slopes."""
+    last = len(policy.layers) - 1
+    inputs: list[Tensor] = [obs]
+    slopes: list[Tensor] = []
+    x = obs
+    for i in range(last + 1):
+        a = _affine(x, params[_weight(i)], params[_bias(i)])
+        if i == last:
+            return MLPCache(inputs, slopes, a)
+        if policy.activation == "tanh":
+            x = a.tanh_()
+            slopes.append(torch.addcmul(torch.ones((), dtype=x.dtype, device=x.device), x, x, value=-1.0))  # 1 - h^2
+        else:
+            x = a.clamp_min_(0.0)
+            slopes.append(torch.sign(x))  # 1 where a > 0, else 0
+        inputs.append(x)
+    raise AssertionError("unreachable")
+
+
+@torch.no_grad()
+def mlp_mean(policy: GaussianMLPPolicy, params: Params, obs: Tensor) -> Tensor:
+    """The action mean alone (stacked ``params``), computed in place layer by layer."""
+    last = len(policy.layers) - 1
+    x = obs
+    for i in range(last + 1):
+        x = _affine(x, params[_weight(i)], params[_bias(i)])
+        if i < last:
+            x = x.tanh_() if policy.activation == "tanh" else x.clamp_min_(0.0)
+    return x
+
+
+@torch.no_grad()
+def mlp_backward(
+    policy: GaussianMLPPolicy, params: Params, cache: MLPCache, grad_mean: Tensor, keep: bool = False
+) -> MLPBackward:
+    """Gradients of the weights and biases for the gradient ``grad_mean [c, M, act_dim]`` w.r.t. the mean.
+
+    ``keep`` keeps what :func:`mlp_hvp` needs (``grad_mean`` is then kept too, not modified).
+    """
+    count = len(policy.layers)
+    grads: Params = {}
+    outputs: list[Tensor] = [grad_mean] * count
+    curvature: list[Tensor | None] = [None] * (count - 1)
+    g = grad_mean
+    for i in reversed(range(count)):
+        outputs[i] = g
+        grads[_weight(i)] = torch.bmm(g.transpose(1, 2), cache.inputs[i])
+        grads[_bias(i)] = g.sum(1)
+        if i > 0:
+            gh = torch.bmm(g, params[_weight(i)])
+            if keep and policy.activation == "tanh":
+                curvature[i - 1] = gh * cache.inputs[i]
+            g = gh.mul_(cache.slopes[i - 1])
+    return MLPBackward({k: grads[k] for k in _order(count)}, outputs, curvature)
+
+
+@torch.no_grad()
+def mlp_jvp(policy: GaussianMLPPolicy, params: Params, cache: MLPCache, tangent: Params) -> tuple[Tensor, list[Tensor]]:
+    """The mean's tangent ``J v`` for the parameter tangent ``v`` (stacked), and each hidden layer's tangent."""
+    last = len(policy.layers) - 1
+    hidden: list[Tensor] = []
+    for i in range(last + 1):
+        ra = _affine(cache.inputs[i], tangent[_weight(i)], tangent[_bias(i)])
+        if i > 0:
+            ra.baddbmm_(hidden[-1], params[_weight(i)].transpose(1, 2))
+        if i == last:
+            return ra, hidden
+        hidden.append(ra.mul_(cache.slopes[i]))
+    raise AssertionError("unreachable")
+
+
+@torch.no_grad()
+def mlp_hvp(
+    policy: GaussianMLPPolicy,
+    params: Params,
+    tangent: Params,
+    cache: MLPCache,
+    backward: MLPBackward,
+    hidden: list[Tensor],
+    r_grad_mean: Tensor,
+) -> Params:
+    """The tangent of the parameter gradient of :func:`mlp_backward` (kept) along ``tangent``.
+
+    ``hidden`` are the hidden tangents of :func:`mlp_jvp` along ``tangent``, and ``r_grad_mean``
+    the tangent of ``grad_mean``. With ``grad_mean`` the gradient of a loss w.r.t. the mean,
+    this is the loss's Hessian-vector product (the R-operator of the backward pass).
+    """
+    count = len(policy.layers)
+    out: Params = {}
+    rg = r_grad_mean
+    for i in reversed(range(count)):
+        rw = torch.bmm(rg.transpose(1, 2), cache.inputs[i])
+        if i > 0:
+            rw.baddbmm_(backward.outputs[i].transpose(1, 2), hidden[i - 1])
+        out[_weight(i)] = rw
+        out[_bias(i)] = rg.sum(1)
+        if i > 0:
+            rgh = torch.bmm(rg, params[_weight(i)]).baddbmm_(backward.outputs[i], tangent[_weight(i)])
+            rg = rgh.mul_(cache.slopes[i - 1])
+            curvature = backward.curvature[i - 1]
+            if curvature is not None:
+                rg.addcmul_(curvature, hidden[i - 1], value=-2.0)
+    return {k: out[k] for k in _order(count)}
+
+
+def _order(count: int) -> list[str]:
+    return [name for i in range(count) for name in (_weight(i), _bias(i))]

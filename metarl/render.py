@@ -13,9 +13,10 @@ The renderers then roll out the parameters reached after 0, 1, ..., k steps in a
   several tasks, goal marked; the axes grow to show every goal and trajectory.
 * Sinusoid (:func:`render_sinusoid`): a PNG of the predicted curve after each step vs the truth,
   scored by its mean squared error (a regression has no return).
-  Supervised checkpoints (``maml.loss=supervised``) adapt with plain SGD steps of
-  ``maml.inner_lr`` on K labelled shots (as :func:`metarl.supervised.evaluate_regression`);
-  policy-gradient checkpoints adapt with the RL inner loop above.
+  Supervised checkpoints (``maml.loss=supervised``) adapt on K labelled shots with the run's
+  inner rule (learned step sizes, adapted subset: :func:`metarl.algorithms.checkpoint_inner_rule`,
+  as :func:`metarl.supervised.evaluate_regression`); policy-gradient checkpoints adapt with the
+  RL inner loop above.
 
 Figures of evaluation results (the benchmark's return-vs-steps figure) are in :mod:`metarl.plots`.
 """
@@ -34,6 +35,7 @@ import gymnasium
 import numpy as np
 import torch
 
+from metarl.algorithms import InnerRule, checkpoint_inner_rule
 from metarl.build import adaptation_settings, horizon, make_sampler, task_env, torch_dtype
 from metarl.checkpoint import load_checkpoint
 from metarl.config import Config
@@ -593,12 +595,15 @@ def render_sinusoid(
     seed: int,
     episodes_per_task: int,
     grid_size: int = 200,
+    rule: InnerRule | None = None,
 ) -> RenderResult:
     """A PNG with one panel per task: the model's curve (policy mean) after 0..k steps vs the true sinusoid.
 
     Each curve is scored by its mean squared error to the truth on the plotted grid (the
     result's ``metric`` is ``"MSE"``: a regression has no return). Supervised checkpoints adapt
-    on ``supervised.shots`` labelled points (marked) with plain SGD steps of ``maml.inner_lr``;
+    on ``supervised.shots`` labelled points (marked) with the run's inner rule (``rule``, from
+    :func:`metarl.algorithms.checkpoint_inner_rule`: learned step sizes, adapted subset; default:
+    the config's);
     policy-gradient checkpoints adapt with the RL inner loop on ``episodes_per_task`` one-step
     episodes (alpha, then alpha/2).
     """
@@ -612,8 +617,9 @@ def render_sinusoid(
     support: tuple[np.ndarray, np.ndarray] | None = None
     sampled: list[list[float]] = []
     if config.maml.loss == "supervised":
-        from metarl.supervised import predictions_after_steps
+        from metarl.supervised import evaluation_rule, predictions_after_steps
 
+        rule = evaluation_rule(policy, config, rule)
         rng = np.random.default_rng(seed)
         sx, sy = env.sample_points(tasks, config.supervised.shots, rng)
         support = (sx, sy)
@@ -623,11 +629,11 @@ def render_sinusoid(
             torch.as_tensor(sy, dtype=dtype),
             grid,
             list(range(num_steps + 1)),
-            config.maml.inner_lr,
+            rule,
         )
         curves = [preds[k][..., 0] for k in range(num_steps + 1)]
-        step_sizes = [config.maml.inner_lr] * num_steps
-        how = f"{config.supervised.shots}-shot SGD, lr {config.maml.inner_lr:g}"
+        step_sizes = rule.mean_step_sizes(num_steps)
+        how = f"{config.supervised.shots} shots, {rule.describe()}"
     else:
         trace = adapt_tasks(policy, config, tasks, num_steps, episodes_per_task, seed)
         with torch.no_grad():
@@ -728,7 +734,7 @@ def render_checkpoint(
     if num_steps < 0:
         raise RenderError(f"num_steps must be >= 0, got {num_steps}")
     loaded = load_checkpoint(checkpoint)
-    policy, config, file = loaded.policy, loaded.config, loaded.path
+    policy, config, file = loaded.gaussian_policy("metarl render"), loaded.config, loaded.path
     env = task_env(config)
     try:
         kind = render_kind(env)
@@ -739,7 +745,8 @@ def render_checkpoint(
     stem = out / f"render_{env_slug(config.env.id)}"
     episodes = episodes_per_task if episodes_per_task is not None else config.eval.episodes_per_step
     if kind == "sinusoid":
-        result = render_sinusoid(policy, config, tasks, num_steps, stem.with_suffix(".png"), seed, episodes)
+        rule = checkpoint_inner_rule(loaded) if config.maml.loss == "supervised" else None
+        result = render_sinusoid(policy, config, tasks, num_steps, stem.with_suffix(".png"), seed, episodes, rule=rule)
     else:
         trace = adapt_tasks(policy, config, tasks, num_steps, episodes, seed)
         if kind == "video":

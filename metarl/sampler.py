@@ -147,11 +147,147 @@ def torch_threads(num_threads: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+def episode_streams(
+    rng: np.random.Generator, generator: torch.Generator, num_episodes: int
+) -> tuple[list[int], list[int]]:
+    """One reset seed and one action-noise seed per episode, drawn in episode order.
+
+    The reset seeds come from ``rng`` (as gymnasium's vector ``reset(seed=[...])`` takes them),
+    the noise seeds from ``generator``. Every episode then draws its action noise from its own
+    torch generator (:func:`episode_noise`), so an episode's random numbers do not depend on
+    which other episodes are sampled with it: a slice of the batch (one Ray actor's share)
+    samples exactly what the whole batch samples for those episodes.
+    """
+    reset_seeds = rng.integers(0, 2**31 - 1, size=num_episodes).tolist()
+    noise_seeds = torch.randint(0, 2**62, (num_episodes,), generator=generator, dtype=torch.int64).tolist()
+    return reset_seeds, noise_seeds
+
+
+def episode_noise(noise_seeds: Sequence[int], horizon: int, act_dim: int, dtype: torch.dtype) -> torch.Tensor:
+    """Standard normal action noise ``[T, m, act_dim]`` for ``m`` episodes, episode ``j`` from its own seed."""
+    columns = [
+        torch.randn((horizon, act_dim), generator=torch.Generator().manual_seed(int(seed)), dtype=dtype)
+        for seed in noise_seeds
+    ]
+    return torch.stack(columns, 1)
+
+
+def per_task_forward(policy: GaussianMLPPolicy, obs: torch.Tensor, params: Params) -> tuple[torch.Tensor, torch.Tensor]:
+    """The policy's mean and log-std for ``obs [n, B, obs_dim]``, computed as one matmul per task.
+
+    Shared parameters are broadcast to the ``n`` tasks, so shared and stacked parameters take
+    the same batched-matmul path, and each task's rows go through a matmul of the same shape
+    whatever ``n`` is. A task's actions are then bitwise the same whether it is sampled with
+    all the others (the local sampler) or in a slice of them (a Ray actor). A single task is
+    computed as a batch of two equal copies: torch takes another kernel for a batch of one,
+    whose last bits can differ (measured with a one-dimensional observation).
+    """
+    n = obs.shape[0]
+    stacked = params if is_stacked(params) else {k: v.unsqueeze(0).expand(n, *v.shape) for k, v in params.items()}
+    if n == 1:
+        mean, log_std = policy(
+            obs.expand(2, *obs.shape[1:]), {k: v.expand(2, *v.shape[1:]) for k, v in stacked.items()}
+        )
+        return mean[:1], log_std[:1]
+    return policy(obs, stacked)
+
+
+def rollout(
+    env: gymnasium.vector.VectorEnv,
+    env_id: str,
+    policy: GaussianMLPPolicy,
+    params: Params,
+    tasks: Sequence[Task],
+    episodes_per_task: int,
+    horizon: int,
+    dtype: torch.dtype,
+    reset_seeds: Sequence[int],
+    noise_seeds: Sequence[int],
+) -> Episodes:
+    """Run ``B`` episodes of each task in ``env`` (``len(tasks) * B`` sub-envs) with the given per-episode streams.
+
+    Sub-env ``i * B + b`` runs episode ``b`` of task ``i``; ``params`` are shared or stacked for
+    exactly these tasks. This is the whole of sampling: the local sampler runs it on the
+    meta-batch, a Ray actor on its slice of it (:mod:`metarl.ray_sampler`).
+    """
+    n, b = len(tasks), episodes_per_task
+    env.set_attr("task", [task for task in tasks for _ in range(b)])  # type: ignore[attr-defined]
+    seeds: Any = list(reset_seeds)  # gymnasium's vector reset takes one seed per sub-env
+    obs_np, _ = _guarded(lambda: env.reset(seed=seeds), "reset", env_id, tasks)
+    _check_finite("observation", obs_np, env_id, tasks, b, 0)
+    noise = episode_noise(noise_seeds, horizon, policy.act_dim, dtype).view(horizon, n, b, -1)
+    alive = torch.ones(n, b, dtype=dtype)
+    observations, actions, rewards, masks = [], [], [], []
+    with torch.no_grad():
+        for t in range(horizon):
+            obs = torch.as_tensor(np.asarray(obs_np), dtype=dtype).view(n, b, -1)
+            mean, log_std = per_task_forward(policy, obs, params)
+            action = mean + noise[t] * log_std.exp()
+            if not torch.isfinite(action).all():
+                raise FloatingPointError(
+                    f"the policy's actions are not finite at episode step {t}: its parameters diverged "
+                    "(an inner step size maml.inner_lr too large?)"
+                )
+            step_input = action.view(n * b, -1).numpy()
+            obs_np, reward, terminated, truncated, _ = _guarded(
+                lambda step_input=step_input: env.step(step_input), "step", env_id, tasks
+            )
+            _check_finite("reward", reward, env_id, tasks, b, t)
+            _check_finite("observation", obs_np, env_id, tasks, b, t + 1)
+            observations.append(obs)
+            actions.append(action)
+            rewards.append(torch.as_tensor(np.asarray(reward), dtype=dtype).view(n, b))
+            masks.append(alive)
+            done = torch.as_tensor(np.logical_or(terminated, truncated)).view(n, b)
+            alive = alive * (~done).to(dtype)
+    rewards_t = stack_time(rewards)
+    mask_t = stack_time(masks)
+    return Episodes(stack_time(observations), stack_time(actions), rewards_t * mask_t, mask_t)
+
+
+def _guarded(call: Any, where: str, env_id: str, tasks: Sequence[Task]) -> Any:
+    """Run an env call; an exception becomes an :class:`EnvError` naming the env (and task, if known)."""
+    try:
+        return call()
+    except EnvError:
+        raise
+    except Exception as exc:
+        raise EnvError(
+            f"env {env_id} raised in {where} (natively vectorised form, {len(tasks)} tasks, "
+            f"first {tasks[0]}): {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _check_finite(what: str, values: Any, env_id: str, tasks: Sequence[Task], episodes_per_task: int, t: int) -> None:
+    """Raise :class:`EnvError` naming the env, task and step if an observation or reward is NaN/inf."""
+    array = np.asarray(values)
+    if np.isfinite(array).all():
+        return
+    flat = np.flatnonzero(~np.isfinite(array.reshape(array.shape[0], -1)).all(axis=1))
+    episode = int(flat[0])
+    task = tasks[episode // episodes_per_task]
+    raise EnvError(
+        f"env {env_id} returned a non-finite {what} at episode step {t} "
+        f"(task {task}, episode {episode % episodes_per_task})"
+    )
+
+
+def check_batch(num_tasks: int, params: Params, tasks: Sequence[Task]) -> None:
+    """Raise ``ValueError`` unless there are ``num_tasks`` tasks and the parameters are shared or stacked for them."""
+    if len(tasks) != num_tasks:
+        raise ValueError(f"sampler was built for {num_tasks} tasks, got {len(tasks)}")
+    if is_stacked(params) and params["log_std"].shape[0] != num_tasks:
+        raise ValueError(f"stacked params have {params['log_std'].shape[0]} tasks, expected {num_tasks}")
+
+
 class Sampler:
-    """Runs ``B`` episodes of each of ``n`` tasks in one vector env of ``n * B`` sub-envs.
+    """Runs ``B`` episodes of each of ``n`` tasks in one vector env of ``n * B`` sub-envs (the ``local`` backend).
 
     Sub-env ``i * B + b`` runs episode ``b`` of task ``i``. Every time step does one policy
-    forward for the whole batch, with shared parameters or per-task stacked parameters.
+    forward for the whole batch (one matmul per task, :func:`per_task_forward`), with shared
+    parameters or per-task stacked parameters. Every episode has its own random streams
+    (:func:`episode_streams`), so :class:`metarl.ray_sampler.RaySampler` samples the same
+    episodes bit for bit from slices of the batch.
     The forwards run on ``policy_threads`` torch threads (default 1): they are small, and idle
     intra-op threads spin and take cores from the batched physics threads (see
     ``benchmarks/bench_threads.py``).
@@ -202,73 +338,27 @@ class Sampler:
     ) -> Episodes:
         """Roll out ``B`` episodes per task with actions ``~ N(mean, std)``; returns ``[T, n, B, ...]`` tensors.
 
-        ``rng`` seeds the sub-env resets; ``generator`` draws the action noise.
+        ``rng`` draws the sub-env reset seeds and ``generator`` the per-episode noise seeds
+        (:func:`episode_streams`).
         """
         start = time.perf_counter()
-        n, b = self.num_tasks, self.episodes_per_task
-        if len(tasks) != n:
-            raise ValueError(f"sampler was built for {n} tasks, got {len(tasks)}")
-        stacked = is_stacked(params)
-        if stacked and params["log_std"].shape[0] != n:
-            raise ValueError(f"stacked params have {params['log_std'].shape[0]} tasks, expected {n}")
-        self.env.set_attr("task", [task for task in tasks for _ in range(b)])  # type: ignore[attr-defined]
-        seeds = rng.integers(0, 2**31 - 1, size=n * b).tolist()
-        obs_np, _ = self._guarded(lambda: self.env.reset(seed=seeds), "reset", tasks)
-        self._check_finite("observation", obs_np, tasks, 0)
-        alive = torch.ones(n, b, dtype=self.dtype)
-        observations, actions, rewards, masks = [], [], [], []
-        with torch.no_grad(), torch_threads(self.policy_threads):
-            for t in range(self.horizon):
-                obs = torch.as_tensor(np.asarray(obs_np), dtype=self.dtype).view(n, b, -1)
-                mean, log_std = policy(obs if stacked else obs.view(n * b, -1), params)
-                noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
-                action = (mean + noise * log_std.exp()).view(n, b, -1)
-                if not torch.isfinite(action).all():
-                    raise FloatingPointError(
-                        f"the policy's actions are not finite at episode step {t}: its parameters diverged "
-                        "(an inner step size maml.inner_lr too large?)"
-                    )
-                step_input = action.view(n * b, -1).numpy()
-                obs_np, reward, terminated, truncated, _ = self._guarded(
-                    lambda step_input=step_input: self.env.step(step_input), "step", tasks
-                )
-                self._check_finite("reward", reward, tasks, t)
-                self._check_finite("observation", obs_np, tasks, t + 1)
-                observations.append(obs)
-                actions.append(action)
-                rewards.append(torch.as_tensor(np.asarray(reward), dtype=self.dtype).view(n, b))
-                masks.append(alive)
-                done = torch.as_tensor(np.logical_or(terminated, truncated)).view(n, b)
-                alive = alive * (~done).to(self.dtype)
-        rewards_t = stack_time(rewards)
-        mask_t = stack_time(masks)
+        check_batch(self.num_tasks, params, tasks)
+        reset_seeds, noise_seeds = episode_streams(rng, generator, self.num_tasks * self.episodes_per_task)
+        with torch_threads(self.policy_threads):
+            episodes = rollout(
+                self.env,
+                self.env_id,
+                policy,
+                params,
+                tasks,
+                self.episodes_per_task,
+                self.horizon,
+                self.dtype,
+                reset_seeds,
+                noise_seeds,
+            )
         self.collect_seconds += time.perf_counter() - start
-        return Episodes(stack_time(observations), stack_time(actions), rewards_t * mask_t, mask_t)
-
-    def _guarded(self, call: Any, where: str, tasks: Sequence[Task]) -> Any:
-        """Run an env call; an exception becomes an :class:`EnvError` naming the env (and task, if known)."""
-        try:
-            return call()
-        except EnvError:
-            raise
-        except Exception as exc:
-            raise EnvError(
-                f"env {self.env_id} raised in {where} (natively vectorised form, {len(tasks)} tasks, "
-                f"first {tasks[0]}): {type(exc).__name__}: {exc}"
-            ) from exc
-
-    def _check_finite(self, what: str, values: Any, tasks: Sequence[Task], t: int) -> None:
-        """Raise :class:`EnvError` naming the env, task and step if an observation or reward is NaN/inf."""
-        array = np.asarray(values)
-        if np.isfinite(array).all():
-            return
-        flat = np.flatnonzero(~np.isfinite(array.reshape(array.shape[0], -1)).all(axis=1))
-        episode = int(flat[0])
-        task = tasks[episode // self.episodes_per_task]
-        raise EnvError(
-            f"env {self.env_id} returned a non-finite {what} at episode step {t} "
-            f"(task {task}, episode {episode % self.episodes_per_task})"
-        )
+        return episodes
 
     def close(self) -> None:
         """Close the vector env."""

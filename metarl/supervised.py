@@ -1,22 +1,23 @@
-"""Supervised MAML (Finn et al. 2017, section 5.1) through the same core as MAML-RL.
+"""Supervised meta-learning for regression (Finn et al. 2017, section 5.1) through the same core as MAML-RL.
 
 The inner loss is the mean squared error between the model's output (the policy mean) and
 the regression target on a task's K-shot *support* set; the outer loss is the MSE of the
-adapted model on a fresh *query* set of the same task. :func:`metarl.maml.adapt` runs the
-inner loop for the whole meta-batch at once with per-task stacked parameters, second order
-(graph through the inner gradient) or first order (``maml.first_order``); Adam is the
-meta-optimiser. No RL machinery is involved: tasks and points come straight from the task
-env's vectorised ``sample_points``.
+adapted model on a fresh *query* set of the same task. Every algorithm of the family
+(``maml.algorithm``: MAML, first-order MAML, Reptile, Meta-SGD, ANIL, MAML++) runs through
+:class:`metarl.algorithms.MetaLearner`, whose inner loop (:func:`metarl.maml.adapt_steps`)
+adapts the whole meta-batch at once with per-task stacked parameters. No RL machinery is
+involved: tasks and points come straight from the task env's vectorised ``sample_points``.
 
-Also here: the few-shot evaluation (MSE on query points after 0..k plain SGD steps, with
-95% confidence intervals over tasks) and the "pretrained on all tasks" baseline.
+Also here: the few-shot evaluation (MSE on query points after 0..k inner steps of the run's
+own inner rule, learned step sizes included, with 95% confidence intervals over tasks) and
+the "pretrained on all tasks" baseline.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -24,14 +25,15 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from metarl.algorithms import InnerRule, MetaLearner, adapted_names, algorithm_name, inner_rule, meta_loss
 from metarl.build import build_policy, io_dims, iteration_rngs, task_env, torch_dtype
 from metarl.config import Config
 from metarl.envs.base import Task
 from metarl.errors import ConfigError, TrainingDiverged
 from metarl.evaluation import mean_ci95
 from metarl.loop import Algorithm
-from metarl.maml import InnerLoss, adapt, inner_step_sizes
-from metarl.policy import GaussianMLPPolicy, Params, detach_params, stack_params
+from metarl.maml import InnerLoss, adapt
+from metarl.policy import GaussianMLPPolicy, Params, detach_params
 
 
 @runtime_checkable
@@ -121,78 +123,79 @@ def adapt_regression(
 
 
 def meta_objective(
-    policy: GaussianMLPPolicy, params: Params, batch: RegressionBatch, lrs: Sequence[float], first_order: bool
-) -> tuple[Tensor, Tensor]:
-    """``(outer loss, pre-adaptation MSE)``: mean over tasks of the adapted models' query MSE, and of the
-    support MSE at ``params`` (detached; an unbiased estimate of the pre-adaptation MSE, taken from
-    the first inner step's loss rather than an extra forward pass)."""
-    if not lrs:
-        raise ValueError("meta_objective needs at least one inner step")
-    inner = mse_inner_loss(policy, batch.support_x, batch.support_y)
-    first: list[Tensor] = []
-
-    def recording_loss(stacked: Params, step: int) -> Tensor:
-        loss = inner(stacked, step)
-        if step == 0:
-            first.append(loss.detach() / batch.num_tasks)
-        return loss
-
-    adapted = adapt(recording_loss, params, batch.num_tasks, lrs, first_order)
-    return task_mse(policy, adapted, batch.query_x, batch.query_y).mean(), first[0]
-
-
-def meta_step(
     policy: GaussianMLPPolicy,
-    optimizer: torch.optim.Optimizer,
+    params: Params,
     batch: RegressionBatch,
     lrs: Sequence[float],
     first_order: bool,
-) -> dict[str, float]:
-    """One Adam step on the post-adaptation query MSE; returns the iteration's scalars.
+    adapted: frozenset[str] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """``(outer loss, pre-adaptation MSE)`` of MAML with step sizes ``lrs``: the mean over tasks of the adapted
+    models' query MSE, and of the support MSE at ``params`` (detached; an unbiased estimate of the
+    pre-adaptation MSE, taken from the first inner step's loss rather than an extra forward pass).
+
+    (The general form, learned step sizes and multi-step losses included, is
+    :func:`metarl.algorithms.meta_loss`.)
+    """
+    if not lrs:
+        raise ValueError("meta_objective needs at least one inner step")
+    rule = InnerRule(tuple(lrs), adapted, first_order)
+    result = meta_loss(
+        mse_inner_loss(policy, batch.support_x, batch.support_y),
+        query_mse_loss(policy, batch),
+        params,
+        batch.num_tasks,
+        rule,
+        len(lrs),
+        stacked=None,
+    )
+    return result.objective, result.pre
+
+
+def query_mse_loss(policy: GaussianMLPPolicy, batch: RegressionBatch) -> Callable[[Params], Tensor]:
+    """The outer loss: each task's MSE on its query set, ``[n]``, of stacked adapted parameters."""
+    return lambda params: task_mse(policy, params, batch.query_x, batch.query_y)
+
+
+def meta_step(policy: GaussianMLPPolicy, learner: MetaLearner, batch: RegressionBatch, it: int) -> dict[str, float]:
+    """One meta-update of ``learner``'s algorithm on a regression meta-batch; returns the iteration's scalars.
 
     Raises :class:`FloatingPointError` if the loss or the meta-gradient is not finite (the
     parameters are then left untouched).
     """
-    params = policy.params()
-    post, pre = meta_objective(policy, params, batch, lrs, first_order)
-    if not torch.isfinite(post):
-        raise FloatingPointError(f"post-adaptation MSE is not finite ({post.item()})")
-    optimizer.zero_grad(set_to_none=True)
-    post.backward()
-    grads = [p.grad for p in params.values() if p.grad is not None]  # the unused log-std gets no gradient
-    grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-    if not torch.isfinite(grad_norm):
-        raise FloatingPointError(f"meta-gradient is not finite (norm {grad_norm.item()})")
-    optimizer.step()
-    return {"meta/mse_pre": pre.item(), "meta/mse_post": post.item(), "outer/grad_norm": grad_norm.item()}
+    inner = mse_inner_loss(policy, batch.support_x, batch.support_y)
+    stats = learner.step(it, inner, query_mse_loss(policy, batch), batch.num_tasks)
+    return {"meta/mse_pre": stats.pop("loss_pre"), "meta/mse_post": stats.pop("loss_post"), **stats}
 
 
 class SupervisedMAML(Algorithm):
-    """Supervised MAML as an :class:`~metarl.loop.Algorithm`: one Adam step on the query MSE per iteration.
+    """Supervised meta-learning of a regressor as an :class:`~metarl.loop.Algorithm`, any ``maml.algorithm``.
 
     Every iteration draws ``maml.meta_batch_size`` tasks, a ``supervised.shots`` support set
     and a ``supervised.query_size`` query set per task from generators derived from
     ``(train.seed, iteration)`` (so a resumed run continues the same curve), adapts with
-    ``maml.num_inner_steps`` steps of size ``maml.inner_lr`` and takes one Adam step
-    (``outer.lr``) on the query MSE. Scalars (``meta/mse_pre``, ``meta/mse_post``, ...) are
-    averaged over ``supervised.log_every`` iterations.
+    ``maml.num_inner_steps`` inner steps and takes one meta-update
+    (:class:`~metarl.algorithms.MetaLearner`: Adam on the query MSE, or Reptile's step).
+    Learned step sizes are checkpointed with the model (:meth:`extra_state`). Scalars
+    (``meta/mse_pre``, ``meta/mse_post``, ...) are averaged over ``supervised.log_every`` iterations.
     """
 
     progress_keys = {"meta/mse_pre": "MSE before", "meta/mse_post": "after adaptation", "perf/iterations_per_s": "it/s"}
+    policy: GaussianMLPPolicy
 
     def __init__(self, config: Config) -> None:
         if config.maml.loss != "supervised":
             raise ConfigError(f"config key 'maml.loss': supervised MAML needs 'supervised', got {config.maml.loss!r}")
-        if config.outer.optimizer != "adam":
+        if config.outer.optimizer != "adam" and config.maml.algorithm != "reptile":
             raise ConfigError(
                 f"config key 'outer.optimizer': bad value {config.outer.optimizer!r}; "
                 "allowed with maml.loss=supervised: 'adam'"
             )
         self.config = config
-        self.name = f"{'fo' if config.maml.first_order else ''}maml-supervised"
-        self.dtype, self.env, self.policy, self.adam = _setup(config)
-        self.optimizer = self.adam
-        self.lrs = inner_step_sizes(config.maml.inner_lr, config.maml.num_inner_steps)
+        self.name = f"{algorithm_name(config.maml)}-supervised"
+        self.dtype, self.env, self.policy = _setup(config)
+        self.learner = MetaLearner(config, self.policy, loss_name="MSE")
+        self.optimizer = self.learner.optimizer
         self.window: dict[str, float] = {}
         self.window_start: int | None = None
         self.window_time = time.perf_counter()
@@ -205,7 +208,7 @@ class SupervisedMAML(Algorithm):
         rng, _ = iteration_rngs(self.config.train.seed, it)
         tasks = self.env.sample_tasks(m.meta_batch_size, rng)
         batch = sample_regression_batch(self.env, tasks, s.shots, s.query_size, rng, self.dtype)
-        stats = meta_step(self.policy, self.adam, batch, self.lrs, m.first_order)
+        stats = meta_step(self.policy, self.learner, batch, it)
         for key, value in stats.items():
             self.window[key] = self.window.get(key, 0.0) + value
         done = it + 1
@@ -218,12 +221,20 @@ class SupervisedMAML(Algorithm):
         self.window, self.window_start = {}, None
         return metrics
 
+    def extra_state(self) -> dict[str, Any]:
+        """The learned step sizes (Meta-SGD, MAML++), which evaluation adapts with."""
+        return self.learner.extra_state()
 
-def _setup(config: Config) -> tuple[torch.dtype, RegressionTaskEnv, GaussianMLPPolicy, torch.optim.Adam]:
-    """Dtype, task env, freshly initialised model and its Adam optimiser for a regression run."""
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore the learned step sizes on resume."""
+        self.learner.load_extra_state(state)
+
+
+def _setup(config: Config) -> tuple[torch.dtype, RegressionTaskEnv, GaussianMLPPolicy]:
+    """Dtype, task env and freshly initialised model of a regression run."""
     env = regression_env(config)
     policy = build_policy(config, *io_dims(task_env(config)))
-    return torch_dtype(config.train.dtype), env, policy, adam(policy, config.outer.lr)
+    return torch_dtype(config.train.dtype), env, policy
 
 
 def adam(policy: GaussianMLPPolicy, lr: float) -> torch.optim.Adam:
@@ -242,7 +253,8 @@ def train_pretrained(
     """
     if iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {iterations}")
-    dtype, env, policy, optimizer = _setup(config)
+    dtype, env, policy = _setup(config)
+    optimizer = adam(policy, config.outer.lr)
     points = points_per_task or config.supervised.shots + config.supervised.query_size
     bar = tqdm(range(iterations), desc="pretrain (all tasks)", disable=not progress, dynamic_ncols=True)
     for it in bar:
@@ -269,36 +281,39 @@ def evaluate_regression(
     query_size: int | None = None,
     seed: int | None = None,
     lr: float | None = None,
+    rule: InnerRule | None = None,
 ) -> dict[str, Any]:
-    """Few-shot regression: on fresh tasks, ``shots``-shot support, MSE on query points after 0..k SGD steps.
+    """Few-shot regression: on fresh tasks, ``shots``-shot support, MSE on query points after 0..k inner steps.
 
-    Every step is a plain gradient step of size ``lr`` (default ``maml.inner_lr``) on the
-    support MSE, for all tasks at once. Returns ``{"steps": [{"step", "mse", "ci95"}, ...],
-    "per_task": [[...] per step], ...}``; the confidence interval is over tasks. Arguments left
-    as ``None`` come from ``config.eval`` (tasks, steps, seed) and ``config.supervised``
-    (shots, ``eval_query_size``). Same seed => same tasks, support and query points, so
-    methods evaluated with one seed are compared on identical data.
+    The steps follow ``rule``, the run's inner rule (:func:`metarl.algorithms.checkpoint_inner_rule`:
+    learned step sizes, adapted subset, inner optimiser); by default the config's rule, which
+    for an algorithm with learned step sizes needs them (pass the checkpoint's rule). ``lr``
+    replaces the step sizes by one fixed size. All tasks adapt at once. Returns ``{"steps":
+    [{"step", "mse", "ci95"}, ...], "per_task": [[...] per step], ...}``; the confidence
+    interval is over tasks. Arguments left as ``None`` come from ``config.eval`` (tasks, steps,
+    seed) and ``config.supervised`` (shots, ``eval_query_size``). Same seed => same tasks,
+    support and query points, so methods evaluated with one seed are compared on identical data.
     """
     num_tasks = config.eval.num_tasks if num_tasks is None else num_tasks
     shots = config.supervised.shots if shots is None else shots
     num_steps = config.eval.num_steps if num_steps is None else num_steps
     query_size = config.supervised.eval_query_size if query_size is None else query_size
     seed = config.eval.seed if seed is None else seed
-    lr = config.maml.inner_lr if lr is None else lr
     if num_tasks < 1 or shots < 1 or query_size < 1 or num_steps < 0:
         raise ValueError(
             f"need num_tasks, shots, query_size >= 1 and num_steps >= 0, got "
             f"{num_tasks}, {shots}, {query_size}, {num_steps}"
         )
+    rule = evaluation_rule(policy, config, rule, lr)
     env = regression_env(config)
     dtype = next(policy.parameters()).dtype
     rng = np.random.default_rng(seed)
     batch = sample_regression_batch(env, env.sample_tasks(num_tasks, rng), shots, query_size, rng, dtype)
-    per_task = [_query_mse(policy, policy.params(), batch)]
-    current = stack_params(detach_params(policy.params()), num_tasks)
-    for _ in range(num_steps):
-        current = detach_params(adapt_regression(policy, current, batch.support_x, batch.support_y, [lr], True))
-        per_task.append(_query_mse(policy, current, batch))
+    theta = detach_params(policy.params())
+    per_task = [_query_mse(policy, theta, batch)]
+    inner = mse_inner_loss(policy, batch.support_x, batch.support_y)
+    for params in rule.steps(inner, theta, num_tasks, num_steps):
+        per_task.append(_query_mse(policy, params, batch))
     steps = []
     for k, values in enumerate(per_task):
         mean, ci = mean_ci95(values)
@@ -309,9 +324,22 @@ def evaluate_regression(
         "num_tasks": num_tasks,
         "shots": shots,
         "query_size": query_size,
-        "inner_lr": lr,
+        "inner_lr": config.maml.inner_lr if lr is None else lr,
+        "inner_rule": rule.describe(),
+        "step_sizes": rule.mean_step_sizes(num_steps),
         "seed": seed,
     }
+
+
+def evaluation_rule(
+    policy: GaussianMLPPolicy, config: Config, rule: InnerRule | None = None, lr: float | None = None
+) -> InnerRule:
+    """The inner rule an evaluation adapts with: ``rule`` (else the config's), first order, with no graph to
+    learned sizes; ``lr`` replaces its step sizes by one fixed size (then no learned ones are needed)."""
+    if lr is not None:
+        base = rule if rule is not None else InnerRule((lr,), adapted_names(config, policy))
+        return replace(base.detached(), step_sizes=(lr,))
+    return (rule if rule is not None else inner_rule(config, policy)).detached()
 
 
 def _query_mse(policy: GaussianMLPPolicy, params: Params, batch: RegressionBatch) -> np.ndarray:
@@ -326,21 +354,22 @@ def predictions_after_steps(
     support_y: Tensor,
     grid: Tensor,
     steps: Sequence[int],
-    lr: float,
+    rule: InnerRule | float,
 ) -> dict[int, np.ndarray]:
-    """The model's predictions on ``grid [n, G, in_dim]`` after each of ``steps`` SGD steps on every task's support set.
+    """The model's predictions on ``grid [n, G, in_dim]`` after each of ``steps`` inner steps on every task's
+    support set, adapting with ``rule`` (the run's inner rule, or a fixed SGD step size).
 
     Returns ``{k: predictions [n, G, out_dim]}`` (for plots of adapted curves).
     """
     if not steps or min(steps) < 0:
         raise ValueError(f"steps must be non-negative step counts, got {list(steps)}")
+    rule = InnerRule((float(rule),)) if isinstance(rule, float | int) else rule.detached()
     n = support_x.shape[0]
-    current = stack_params(detach_params(policy.params()), n)
+    theta = detach_params(policy.params())
     out: dict[int, np.ndarray] = {}
-    for k in range(max(steps) + 1):
-        if k > 0:
-            current = detach_params(adapt_regression(policy, current, support_x, support_y, [lr], True))
+    adapted = rule.steps(mse_inner_loss(policy, support_x, support_y), theta, n, max(steps))
+    for k, params in enumerate([theta, *adapted]):
         if k in steps:
             with torch.no_grad():
-                out[k] = policy(grid, current)[0].double().numpy()
+                out[k] = policy(grid, params)[0].double().numpy()
     return out

@@ -3,20 +3,22 @@ or supervised MAML, both through the one loop in :mod:`metarl.loop`."""
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import torch
 
 from metarl import build
 from metarl.algorithms import algorithm_name
 from metarl.config import Config
-from metarl.episodes import Episodes
+from metarl.episodes import Episodes, OnDevice
 from metarl.loop import Algorithm, Log, TrainResult, _stderr, run_training
 from metarl.maml import MetaBatch, sample_meta_batch
-from metarl.policy import GaussianMLPPolicy, Params
-from metarl.sampler import torch_threads
+from metarl.policy import GaussianMLPPolicy, Params, learner_device
+from metarl.sampler import Sampler, torch_threads
 from metarl.trpo import adam_step, trpo_step
 
 
@@ -53,21 +55,40 @@ class PolicyGradientMAML(Algorithm):
         self.sampler = build.make_sampler(config, config.maml.meta_batch_size, config.maml.episodes_per_task)
         self.adaptation = build.adaptation_settings(config.maml)
         self.trpo = build.trpo_settings(config.outer)
+        # train.device: on a GPU the learner works on a replica of the policy, synchronised with it around every
+        # meta-update; the sampler, the optimiser, checkpoints and resume only ever see the CPU policy.
+        self.device = learner_device(config.train.device)
+        self.learner = self.policy if self.device.type == "cpu" else copy.deepcopy(self.policy).to(self.device)
+        self.collector = (
+            self.sampler
+            if self.learner is self.policy
+            else cast(Sampler, OnDevice(self.sampler, self.device, self.policy))
+        )
+
+    @staticmethod
+    def _copy_parameters(source: GaussianMLPPolicy, target: GaussianMLPPolicy) -> None:
+        with torch.no_grad():
+            for s, t in zip(source.parameters(), target.parameters()):
+                t.copy_(s)
 
     def iteration(self, it: int) -> dict[str, float]:
         """Sample tasks, sample and adapt, one meta-update; returns the iteration's scalars."""
         rng, generator = build.iteration_rngs(self.config.train.seed, it)
         tasks = self.task_env.unwrapped.sample_tasks(self.config.maml.meta_batch_size, rng)  # type: ignore[attr-defined]
+        if self.learner is not self.policy:
+            self._copy_parameters(self.policy, self.learner)
         t0, collected = time.perf_counter(), self.sampler.collect_seconds
         batch, used = sample_meta_batch(
-            self.sampler, self.policy, self.policy.params(), tasks, self.adaptation, rng, generator
+            self.collector, self.learner, self.learner.params(), tasks, self.adaptation, rng, generator
         )
         t1, t_collect = time.perf_counter(), self.sampler.collect_seconds - collected
         stds = policy_metrics(used)  # before the meta-update: used[0] shares storage with the live parameters
         if self.optimizer is None:
-            stats = trpo_step(self.policy, batch, self.adaptation, self.trpo)
+            stats = trpo_step(self.learner, batch, self.adaptation, self.trpo)
+            if self.learner is not self.policy:
+                self._copy_parameters(self.learner, self.policy)
         else:
-            stats = adam_step(self.policy, self.optimizer, batch, self.adaptation)
+            stats = adam_step(self.policy, self.optimizer, batch, self.adaptation, learner=self.learner)
         metrics = iteration_metrics(batch, stats, t_collect, t1 - t0 - t_collect, time.perf_counter() - t1)
         return {**metrics, **stds}
 

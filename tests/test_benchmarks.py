@@ -16,7 +16,16 @@ import numpy as np
 import pytest
 import yaml
 
-from benchmarks import bench_curvature, bench_learning, bench_physics, bench_sinusoid, bench_threads, compare_runs
+from benchmarks import (
+    bench_curvature,
+    bench_learn2learn,
+    bench_learning,
+    bench_physics,
+    bench_sinusoid,
+    bench_sinusoid_algorithms,
+    bench_threads,
+    compare_runs,
+)
 from benchmarks.common import ROOT
 from metarl.config import load_config, to_dict
 from metarl.reporting import paired_difference
@@ -356,6 +365,10 @@ BAD_INPUT: list[tuple[Any, list[str], str]] = [
     (bench_threads, ["--settings", "0:1", "--run-dir", "{tmp}"], "--settings"),
     (bench_threads, ["--conditions", "noisy", "--run-dir", "{tmp}"], "--conditions"),
     (bench_threads, ["--episodes-per-task", "3"], "--episodes-per-task"),
+    (bench_sinusoid_algorithms, ["--algorithms", "maml,sgd", "--run-dir", "{tmp}"], "--algorithms"),
+    (bench_sinusoid_algorithms, ["--shots", "x"], "--shots"),
+    (bench_sinusoid_algorithms, ["--set", "maml.adapt_params=[nope]", "--run-dir", "{tmp}"], "nope"),
+    (bench_learn2learn, ["--methods", "l2l-anil", "--results", "{tmp}"], "--methods"),
 ]
 
 
@@ -428,3 +441,64 @@ def test_seed_ci95_uses_student_t() -> None:
     mean, ci = bench_learning.seed_ci95([1.0, 2.0, 3.0])
     assert mean == 2.0 and ci == pytest.approx(4.303 * 1.0 / 3**0.5)
     assert np.isnan(bench_learning.seed_ci95([1.0])[1])
+
+
+def test_bench_sinusoid_algorithms_tiny(tmp_path: Path) -> None:
+    """Every algorithm trains and is evaluated through its checkpoint's inner rule; the second invocation only
+    evaluates (its runs are finished), so shards of seeds can run apart and be tabulated together."""
+    bench = bench_sinusoid_algorithms
+    args = ["--iterations", "3", "--num-tasks", "5", "--shots", "5,10", "--seeds", "0", "--run-dir", str(tmp_path)]
+    args += ["--no-progress", "--set", "supervised.log_every=1"]
+    assert bench.main(args) == 0
+    data = json.loads((tmp_path / "results" / "sinusoid_algorithms.json").read_text())
+    assert [(r["algorithm"], r["shots"]) for r in data["runs"]] == [
+        (a, k) for k in (5, 10) for a in ("maml", "fomaml", "reptile", "metasgd", "anil", "mamlpp")
+    ]
+    rules = {r["algorithm"]: r["inner_rule"] for r in data["runs"]}
+    assert "learned per-parameter" in rules["metasgd"] and "per-layer" in rules["mamlpp"]
+    assert "adapts layers.2.bias, layers.2.weight" in rules["anil"]
+    assert all(len(r["steps"]) == 11 and r["iterations"] == 3 for r in data["runs"])
+    md = (tmp_path / "results" / "sinusoid_algorithms.md").read_text()
+    assert "| paper: Meta-SGD (Meta-SGD paper) | 1 | - | - | 0.48 |" in md and "**Target**" in md
+    assert (tmp_path / "results" / "sinusoid_algorithms.png").stat().st_size > 0
+    assert bench.main([*args, "--algorithms", "metasgd", "--shots", "5"]) == 0
+    again = json.loads((tmp_path / "results" / "sinusoid_algorithms.json").read_text())["runs"]
+    assert again[0]["resumed"] and again[0]["steps"] == data["runs"][3]["steps"]  # evaluated, not retrained
+
+
+def test_bench_learn2learn_tiny_trains_the_same_models(tmp_path: Path) -> None:
+    """metarl's batched MAML / Meta-SGD and the per-task loop (learn2learn's too, when installed) learn the same
+    model from the same meta-batches: equal MSE, task by task."""
+    args = ["--iterations", "4", "--chunk", "2", "--num-tasks", "6", "--results", str(tmp_path)]
+    assert bench_learn2learn.main(args) == 0
+    data = json.loads((tmp_path / "learn2learn_sinusoid.json").read_text())
+    methods = data["methods"]
+    assert {"metarl-maml", "loop-maml", "metarl-metasgd", "loop-metasgd"} <= methods.keys()
+    for algorithm in ("maml", "metasgd"):
+        ours = methods[f"metarl-{algorithm}"]["evaluation"]["steps"]
+        for name in (f"loop-{algorithm}", f"l2l-{algorithm}"):
+            if name in methods:
+                theirs = methods[name]["evaluation"]["steps"]
+                assert [s["mse"] for s in theirs] == pytest.approx([s["mse"] for s in ours], rel=1e-4)
+    assert all(row["s_per_iteration"] > 0 for row in methods.values())
+    assert "metarl faster by" in (tmp_path / "learn2learn_sinusoid.md").read_text()
+
+
+def test_bench_sinusoid_algorithms_reports_a_diverged_training_run(tmp_path: Path, monkeypatch) -> None:
+    """A run whose training diverges is a result (a row saying so), not the end of the benchmark."""
+    from metarl.errors import TrainingDiverged
+
+    real_train = bench_sinusoid_algorithms.train
+
+    def train(config, *args, **kwargs):
+        if config.maml.algorithm == "metasgd":
+            raise TrainingDiverged("iteration 1: post-adaptation MSE is not finite (inf); stopped")
+        return real_train(config, *args, **kwargs)
+
+    monkeypatch.setattr(bench_sinusoid_algorithms, "train", train)
+    args = ["--iterations", "2", "--num-tasks", "3", "--shots", "5", "--seeds", "0", "--algorithms", "maml,metasgd"]
+    assert bench_sinusoid_algorithms.main([*args, "--run-dir", str(tmp_path), "--no-progress"]) == 0
+    md = (tmp_path / "results" / "sinusoid_algorithms.md").read_text()
+    assert "| metasgd | 1 | - | nan | training diverged (1/1 seeds) |" in md
+    assert "training diverged: iteration 1: post-adaptation MSE is not finite (inf)" in md
+    assert "| maml | 1 | - |" in md and "**Target**" not in md
