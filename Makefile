@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --progress-bar on torch==2.13.0
 	@echo "[3/3] installing metarl and its dependencies (editable, with dev, baselines, ray and metaworld extras)"
 	$(PY) -m pip install --progress-bar on -e ".[dev,baselines,ray,metaworld]"
-	@echo "      and metaworld 3.1.1 without its mujoco==3.3.0 pin (metarl runs it on MuJoCo 4; README, Meta-World)"
+	@echo "      and metaworld 3.1.1 without its mujoco==3.3.0 pin (metarl runs it on MuJoCo 4; docs/ray_and_metaworld.md)"
 	$(PY) -m pip install --progress-bar on --no-deps metaworld==3.1.1
 	touch $@
 	@echo "set-up done: $(VENV)"

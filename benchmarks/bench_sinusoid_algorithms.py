@@ -297,7 +297,8 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
             ax.set_ylabel("query MSE (mean over seeds)")
             ax.set_title(f"sinusoid, K = {k}", fontsize=10)
             ax.grid(alpha=0.3, which="both")
-        axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+        handles, labels = axes[0][0].get_legend_handles_labels()  # K = 5 has every anchor
+        axes[0][-1].legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
         fig.tight_layout()
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=110, bbox_inches="tight")

@@ -100,7 +100,7 @@ def import_metaworld() -> Any:
     except ImportError as exc:
         raise MetaWorldUnavailable(
             f"Meta-World is not installed ({exc}); install it with: pip install -e '.[metaworld]' && "
-            "pip install --no-deps metaworld==3.1.1 (see README, Meta-World)"
+            "pip install --no-deps metaworld==3.1.1 (see docs/ray_and_metaworld.md)"
         ) from None
     patch_mocap_welds(SawyerMocapBase)
     return metaworld

@@ -26,6 +26,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
@@ -456,20 +457,28 @@ def _one_op_thread(workers: int) -> Iterator[None]:
         return
     before = torch.get_num_threads()
     torch.set_num_threads(1)
+    token = _ACTIVE_WORKERS.set(workers)
     try:
         yield
     finally:
+        _ACTIVE_WORKERS.reset(token)
         torch.set_num_threads(before)
 
 
+_ACTIVE_WORKERS: ContextVar[int | None] = ContextVar("metarl_learner_workers", default=None)
+"""The worker count a running meta-update resolved (its ops then run on one intra-op thread, so torch's thread
+count no longer tells it)."""
+
+
 def resolve_workers(requested: int, batch: MetaBatch | None = None) -> int:
-    """Worker threads over task chunks: ``requested`` if positive, else torch's intra-op thread count (one for a
-    batch on a GPU, whose kernels are queued in order anyway)."""
+    """Worker threads over task chunks: ``requested`` if positive, else the running meta-update's count, else
+    torch's intra-op thread count (one for a batch on a GPU, whose kernels are queued in order anyway)."""
     if requested > 0:
         return requested
     if batch is not None and batch.valid.observations.device.type != "cpu":
         return 1
-    return torch.get_num_threads()
+    active = _ACTIVE_WORKERS.get()
+    return active if active is not None else torch.get_num_threads()
 
 
 def _record_split(timer: PartTimer | None, wall: float, parts: dict[str, float]) -> None:

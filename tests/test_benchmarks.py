@@ -447,12 +447,12 @@ def test_bench_sinusoid_algorithms_tiny(tmp_path: Path) -> None:
     """Every algorithm trains and is evaluated through its checkpoint's inner rule; the second invocation only
     evaluates (its runs are finished), so shards of seeds can run apart and be tabulated together."""
     bench = bench_sinusoid_algorithms
-    args = ["--iterations", "3", "--num-tasks", "5", "--shots", "5,10", "--seeds", "0", "--run-dir", str(tmp_path)]
+    args = ["--iterations", "3", "--num-tasks", "5", "--shots", "5", "--seeds", "0", "--run-dir", str(tmp_path)]
     args += ["--no-progress", "--set", "supervised.log_every=1"]
     assert bench.main(args) == 0
     data = json.loads((tmp_path / "results" / "sinusoid_algorithms.json").read_text())
     assert [(r["algorithm"], r["shots"]) for r in data["runs"]] == [
-        (a, k) for k in (5, 10) for a in ("maml", "fomaml", "reptile", "metasgd", "anil", "mamlpp")
+        (a, 5) for a in ("maml", "fomaml", "reptile", "metasgd", "anil", "mamlpp")
     ]
     rules = {r["algorithm"]: r["inner_rule"] for r in data["runs"]}
     assert "learned per-parameter" in rules["metasgd"] and "per-layer" in rules["mamlpp"]

@@ -422,3 +422,25 @@ def test_adapt_first_order_is_the_inner_loops_value(tiny_policy) -> None:
         for name, value in expected.items():
             torch.testing.assert_close(got[name], value.detach(), rtol=1e-12, atol=1e-14)
             assert not got[name].requires_grad
+
+
+def test_trpo_step_spreads_its_chunks_over_torchs_thread_count(tiny_policy, monkeypatch) -> None:
+    """With 2 torch threads every chunked pass of the meta-update runs on 2 workers (each op on one thread)."""
+    import metarl.trpo as trpo
+
+    seen: list[tuple[int, int]] = []
+    original = trpo._map
+
+    def spy(fn, items, workers):
+        seen.append((workers, torch.get_num_threads()))
+        return original(fn, items, workers)
+
+    monkeypatch.setattr(trpo, "_map", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        trpo_step(tiny_policy, _meta_batch(4, 1, seed=50), settings(1), TRPOSettings(cg_iters=3, task_chunk=1))
+        assert torch.get_num_threads() == 2  # restored
+    finally:
+        torch.set_num_threads(before)
+    assert seen and all(entry == (2, 1) for entry in seen)  # meta-gradient, curvature, products, line search
