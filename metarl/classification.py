@@ -41,6 +41,7 @@ from metarl.loop import Algorithm
 from metarl.maml import InnerLoss
 from metarl.policy import Params, detach_params
 from metarl.sampler import make_task_env
+from metarl.supervised import few_shot_protocol
 
 
 @runtime_checkable
@@ -289,16 +290,9 @@ def evaluate_classification(
     each task] per step], ...}``. Arguments left as ``None`` come from ``config.eval`` (tasks,
     steps, seed) and ``config.supervised`` (shots, ``eval_query_size``).
     """
-    num_tasks = config.eval.num_tasks if num_tasks is None else num_tasks
-    shots = config.supervised.shots if shots is None else shots
-    num_steps = config.eval.num_steps if num_steps is None else num_steps
-    query_size = config.supervised.eval_query_size if query_size is None else query_size
-    seed = config.eval.seed if seed is None else seed
-    if num_tasks < 1 or shots < 1 or query_size < 1 or num_steps < 0:
-        raise ValueError(
-            f"need num_tasks, shots, query_size >= 1 and num_steps >= 0, got {num_tasks}, {shots}, {query_size}, "
-            f"{num_steps}"
-        )
+    num_tasks, shots, num_steps, query_size, seed = few_shot_protocol(
+        config, num_tasks, shots, num_steps, query_size, seed
+    )
     rule = evaluation_rule(model, config, rule, lr)
     env = fewshot_env(config)
     dtype = next(model.parameters()).dtype

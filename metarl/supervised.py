@@ -272,6 +272,29 @@ def train_pretrained(
     return policy
 
 
+def few_shot_protocol(
+    config: Config,
+    num_tasks: int | None,
+    shots: int | None,
+    num_steps: int | None,
+    query_size: int | None,
+    seed: int | None,
+) -> tuple[int, int, int, int, int]:
+    """A few-shot evaluation's tasks, shots, steps, query size and seed: the arguments given, else the config's
+    (``eval``: tasks, steps, seed; ``supervised``: shots, ``eval_query_size``), checked."""
+    num_tasks = config.eval.num_tasks if num_tasks is None else num_tasks
+    shots = config.supervised.shots if shots is None else shots
+    num_steps = config.eval.num_steps if num_steps is None else num_steps
+    query_size = config.supervised.eval_query_size if query_size is None else query_size
+    seed = config.eval.seed if seed is None else seed
+    if num_tasks < 1 or shots < 1 or query_size < 1 or num_steps < 0:
+        raise ValueError(
+            f"need num_tasks, shots, query_size >= 1 and num_steps >= 0, got "
+            f"{num_tasks}, {shots}, {query_size}, {num_steps}"
+        )
+    return num_tasks, shots, num_steps, query_size, seed
+
+
 def evaluate_regression(
     policy: GaussianMLPPolicy,
     config: Config,
@@ -294,16 +317,9 @@ def evaluate_regression(
     seed) and ``config.supervised`` (shots, ``eval_query_size``). Same seed => same tasks,
     support and query points, so methods evaluated with one seed are compared on identical data.
     """
-    num_tasks = config.eval.num_tasks if num_tasks is None else num_tasks
-    shots = config.supervised.shots if shots is None else shots
-    num_steps = config.eval.num_steps if num_steps is None else num_steps
-    query_size = config.supervised.eval_query_size if query_size is None else query_size
-    seed = config.eval.seed if seed is None else seed
-    if num_tasks < 1 or shots < 1 or query_size < 1 or num_steps < 0:
-        raise ValueError(
-            f"need num_tasks, shots, query_size >= 1 and num_steps >= 0, got "
-            f"{num_tasks}, {shots}, {query_size}, {num_steps}"
-        )
+    num_tasks, shots, num_steps, query_size, seed = few_shot_protocol(
+        config, num_tasks, shots, num_steps, query_size, seed
+    )
     rule = evaluation_rule(policy, config, rule, lr)
     env = regression_env(config)
     dtype = next(policy.parameters()).dtype
