@@ -31,6 +31,7 @@ from typing import Literal
 import torch
 
 from benchmarks.common import BenchParser, add_results, command_line, log, make_parser, run_main
+from metarl.algorithms import outer_optimizer
 from metarl.build import adaptation_settings, iteration_rngs, make_sampler, task_env, trpo_settings
 from metarl.checkpoint import load_checkpoint
 from metarl.cli import positive
@@ -88,10 +89,10 @@ def run(args: argparse.Namespace) -> int:
     for line in checkpoint.skipped:
         log(f"note: skipped unreadable checkpoint: {line}")
     config = checkpoint.config
-    if config.outer.optimizer != "trpo" or config.maml.loss != "pg":
+    if outer_optimizer(config) != "trpo" or config.maml.loss != "pg":
         raise ConfigError(
             f"{checkpoint.path}: the run must use maml.loss=pg and outer.optimizer=trpo, "
-            f"not {config.maml.loss} and {config.outer.optimizer}"
+            f"not {config.maml.loss} and {outer_optimizer(config)}"
         )
     torch.set_num_threads(args.threads)
     policy = checkpoint.policy

@@ -79,6 +79,7 @@ from benchmarks.common import (
     make_parser,
     run_main,
 )
+from metarl.algorithms import outer_optimizer
 from metarl.build import (
     adaptation_settings,
     build_policy,
@@ -602,10 +603,10 @@ def run(args: argparse.Namespace) -> int:
         policy = build_policy(config, *io_dims(task_env(config)))
         home = Path("runs") / MODULE
     folder = args.results or home
-    if config.maml.loss != "pg" or config.outer.optimizer != "trpo":
+    if config.maml.loss != "pg" or outer_optimizer(config) != "trpo":
         raise ConfigError(
             f"the learner benchmark needs maml.loss=pg and outer.optimizer=trpo, "
-            f"not {config.maml.loss} and {config.outer.optimizer}"
+            f"not {config.maml.loss} and {outer_optimizer(config)}"
         )
     saved = load_or_sample(config, policy, home, args.batch)  # the cache stays out of --results
     adaptation, settings = adaptation_settings(config.maml), trpo_settings(config.outer)

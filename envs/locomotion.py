@@ -32,6 +32,27 @@ H = 200 was 2 s and 4 s of simulated time, not 10 s. ``frame_skip=1`` (cheetah) 
 ``frame_skip=2`` (ant) reproduce the paper's control rate on the v5 models. The shipped
 configs set them.
 
+rllab options (``reset_noise`` and ``forward_velocity``, both forms; defaults are gymnasium's):
+
+* ``reset_noise="gymnasium"`` (default): v5's ``reset_model``, ``qpos = init_qpos + U(-s, s)`` on
+  every coordinate of qpos and ``qvel = init_qvel + s * N(0, 1)``, ``s = reset_noise_scale``
+  (0.1), ``init_qpos`` the model's ``qpos0``. ``reset_noise="rllab"``: rllab's
+  ``MujocoEnv.reset_mujoco`` (rllab/envs/mujoco/mujoco_env.py, ``reset_mujoco``), ``qpos =
+  init_qpos + 0.01 * N(0, 1)`` on every coordinate of qpos and ``qvel = init_qvel + 0.1 * N(0, 1)``
+  (``reset_noise_scale`` is not used), where rllab's ``init_qpos`` is the model's ``init_qpos``
+  custom numeric when it has one (``MujocoEnv.__init__``): the Ant's XML (rllab's and gymnasium's)
+  defines one, the torso at z = 0.55 with the ankles bent into their joint ranges, which gymnasium
+  ignores (it starts at ``qpos0``: z = 0.75, every joint at 0). The cheetah has none (``qpos0``).
+* ``forward_velocity="torso_fd"`` (default): v5's ``v_x``, the finite difference of the torso's
+  position over the control step. ``forward_velocity="subtree_com"``: rllab's
+  ``get_body_comvel("torso")[0]`` (rllab/mujoco_py/mjcore.py, ``MjModel._compute_subtree``): the
+  linear velocity of the centre of mass of the torso's subtree (for both robots every body but
+  the world, so the whole robot's centre of mass), at the state after the step (rllab calls
+  ``model.forward()`` after stepping), i.e. the mass-weighted mean of the bodies' centre-of-mass
+  velocities (``mj_objectVelocity(mjOBJ_BODY)``) = MuJoCo's ``subtree_linvel`` of the torso. It is
+  computed on a separate ``MjData`` (a separate batch in the vector form): the simulation itself
+  is untouched. ``info["x_velocity"]`` (and the Ant's ``y_velocity``) is then this velocity.
+
 Identical transitions in both forms: the vector envs draw each episode's reset noise with
 ``gymnasium.utils.seeding.np_random(seed_i)`` exactly as ``reset(seed=seed_i)`` does, and
 step the same physics (see :mod:`metarl.envs.mujoco_batch` for how, and why the Ant's contact forces
@@ -43,15 +64,16 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
+import mujoco
 import numpy as np
 from gymnasium import utils
 from gymnasium.envs.mujoco.ant_v5 import AntEnv
 from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
 from gymnasium.utils import seeding
 from metarl.envs.base import Task, TaskVectorEnv, episode_seeds
-from metarl.envs.mujoco_batch import BatchPhysics, PerEnvPhysics, resolve_num_threads
+from metarl.envs.mujoco_batch import BatchPhysics, KinematicsProbe, PerEnvPhysics, resolve_num_threads
 
 # --------------------------------------------------------------------------- task families
 
@@ -168,20 +190,157 @@ def _check_range(name: str, value: tuple[float, float]) -> tuple[float, float]:
     return low, high
 
 
+ResetNoise = Literal["gymnasium", "rllab"]
+ForwardVelocity = Literal["torso_fd", "subtree_com"]
+RESET_NOISES: tuple[str, ...] = ("gymnasium", "rllab")
+FORWARD_VELOCITIES: tuple[str, ...] = ("torso_fd", "subtree_com")
+RLLAB_QPOS_NOISE = 0.01
+"""rllab's ``reset_mujoco``: ``qpos = init_qpos + 0.01 * N(0, 1)``."""
+RLLAB_QVEL_NOISE = 0.1
+"""rllab's ``reset_mujoco``: ``qvel = init_qvel + 0.1 * N(0, 1)``."""
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return str(value)
+
+
+def reset_mean_qpos(model: mujoco.MjModel, init_qpos: np.ndarray, reset_noise: str) -> np.ndarray:
+    """The qpos that resets perturb: gymnasium's ``init_qpos`` (``qpos0``), or rllab's, the model's
+    ``init_qpos`` custom numeric if it has one (rllab's ``MujocoEnv.__init__``), else ``qpos0``."""
+    numeric = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_NUMERIC, "init_qpos")
+    if reset_noise == "gymnasium" or numeric < 0:
+        return np.array(init_qpos, dtype=np.float64)
+    values = np.array(model.numeric(numeric).data, dtype=np.float64)
+    if values.shape != (model.nq,):
+        raise ValueError(f"the model's init_qpos numeric has {values.size} values, the model has nq={model.nq}")
+    return values
+
+
+def draw_initial_state(
+    rng: np.random.Generator, reset_noise: str, qpos: np.ndarray, qvel: np.ndarray, scale: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """One reset's ``(qpos, qvel)`` from ``rng``: v5's ``reset_model`` draws (``gymnasium``, noise scale
+    ``scale``) or rllab's ``reset_mujoco`` draws (``rllab``), in the same order (qpos first)."""
+    if reset_noise == "gymnasium":
+        new_qpos = qpos + rng.uniform(low=-scale, high=scale, size=qpos.size)
+        new_qvel = qvel + scale * rng.standard_normal(qvel.size)
+    else:
+        new_qpos = qpos + RLLAB_QPOS_NOISE * rng.standard_normal(qpos.size)
+        new_qvel = qvel + RLLAB_QVEL_NOISE * rng.standard_normal(qvel.size)
+    return new_qpos, new_qvel
+
+
+class SubtreeComVelocity:
+    """rllab's ``get_body_comvel(body)``: the linear velocity of the centre of mass of ``body``'s subtree.
+
+    rllab (``MjModel._compute_subtree``) takes every body's 6D velocity at its centre of mass in
+    world orientation (``mj_objectVelocity(mjOBJ_BODY, flg_local=0)``), weighs the linear part by
+    the body's mass, sums the momenta up the tree and divides by the subtree's mass. Here the same
+    from the position and velocity stages (``xipos``, ``cvel``, ``subtree_com``, batched
+    ``[n, nbody, ...]``): a body's linear velocity at its centre of mass is
+    ``cvel_lin + cvel_ang x (xipos - subtree_com[rootid])``. The sum over bodies runs in a fixed
+    order, so every row gives the same bits whatever ``n`` is.
+    """
+
+    def __init__(self, model: mujoco.MjModel, body: int) -> None:
+        parents = model.body_parentid
+        members = []
+        for b in range(model.nbody):
+            a = b
+            while a != body and a != 0:
+                a = int(parents[a])
+            if a == body:
+                members.append(b)
+        self.body = int(body)
+        self.bodies = np.array(members, dtype=np.intp)
+        self.roots = np.array(model.body_rootid[self.bodies], dtype=np.intp)
+        self.mass = np.array(model.body_mass[self.bodies], dtype=np.float64)
+        self.total_mass = float(sum(self.mass.tolist()))
+        if not self.total_mass > 0:
+            raise ValueError(f"the subtree of body {body} has no mass")
+
+    def __call__(self, xipos: np.ndarray, cvel: np.ndarray, subtree_com: np.ndarray) -> np.ndarray:
+        """``[n, 3]`` subtree centre-of-mass velocities from ``[n, nbody, ...]`` stage fields."""
+        offset = xipos[:, self.bodies] - subtree_com[:, self.roots]
+        velocity = cvel[:, self.bodies]
+        linear = velocity[..., 3:] + np.cross(velocity[..., :3], offset)
+        momentum = self.mass[0] * linear[:, 0]
+        for j in range(1, self.bodies.size):
+            momentum = momentum + self.mass[j] * linear[:, j]
+        return momentum / self.total_mass
+
+
 class _TaskMixin:
     """The task protocol on top of a v5 env: a validated ``task`` property and ``sample_tasks``;
-    optional clipping of the action to the action space (``clip_actions``)."""
+    optional clipping of the action to the action space (``clip_actions``); the rllab options
+    ``reset_noise`` and ``forward_velocity`` (module docstring)."""
 
     task_family: TaskFamily
     _task_value: float
     clip_actions: bool = False
     action_space: Any
+    model: mujoco.MjModel
+    data: mujoco.MjData
+    init_qpos: np.ndarray
+    init_qvel: np.ndarray
+    np_random: np.random.Generator
+    reset_noise: str = "gymnasium"
+    forward_velocity: str = "torso_fd"
+    reset_qpos: np.ndarray
+    """The qpos that resets perturb (:func:`reset_mean_qpos`)."""
+    velocity_subtree: SubtreeComVelocity | None = None
+    """With ``forward_velocity="subtree_com"``: the torso's subtree, whose COM velocity drives the task."""
+    _probe: mujoco.MjData | None = None
+    _com_velocity: np.ndarray | None = None
+
+    def _setup_rllab_options(self, reset_noise: str, forward_velocity: str, torso: int) -> None:
+        """After the v5 constructor: the reset mean and the COM-velocity probe."""
+        self.reset_noise, self.forward_velocity = reset_noise, forward_velocity
+        self.reset_qpos = reset_mean_qpos(self.model, self.init_qpos, reset_noise)
+        if forward_velocity == "subtree_com":
+            self.velocity_subtree = SubtreeComVelocity(self.model, torso)
+            self._probe = mujoco.MjData(self.model)
+
+    def reset_model(self) -> np.ndarray:
+        """v5's ``reset_model``, or rllab's reset draws with ``reset_noise="rllab"``."""
+        if self.reset_noise == "gymnasium":
+            return super().reset_model()  # type: ignore[misc]
+        qpos, qvel = draw_initial_state(self.np_random, self.reset_noise, self.reset_qpos, self.init_qvel, 0.0)
+        self.set_state(qpos, qvel)  # type: ignore[attr-defined]
+        return self._get_obs()  # type: ignore[attr-defined]
+
+    def subtree_com_velocity(self) -> np.ndarray:
+        """The torso subtree's centre-of-mass velocity ``[3]`` at the current state (probe ``MjData``)."""
+        assert self._probe is not None and self.velocity_subtree is not None
+        probe = self._probe
+        probe.qpos[:] = self.data.qpos
+        probe.qvel[:] = self.data.qvel
+        mujoco.mj_kinematics(self.model, probe)
+        mujoco.mj_comPos(self.model, probe)
+        mujoco.mj_comVel(self.model, probe)
+        return self.velocity_subtree(probe.xipos[None], probe.cvel[None], probe.subtree_com[None])[0]
+
+    def _task_velocity(self, x_velocity: float) -> float:
+        """The forward velocity of the task's term: v5's ``x_velocity``, or the subtree COM's (kept for ``info``)."""
+        if self.forward_velocity == "torso_fd":
+            return x_velocity
+        self._com_velocity = self.subtree_com_velocity()
+        return float(self._com_velocity[0])
 
     def step(self, action: np.ndarray) -> Any:
         """The v5 step, on the action clipped to the action space when ``clip_actions``."""
         if self.clip_actions:
             action = np.clip(action, self.action_space.low, self.action_space.high)
-        return super().step(action)  # type: ignore[misc]
+        self._com_velocity = None
+        result = super().step(action)  # type: ignore[misc]
+        if self._com_velocity is not None:
+            info = result[-1]
+            info["x_velocity"] = float(self._com_velocity[0])
+            if "y_velocity" in info:
+                info["y_velocity"] = float(self._com_velocity[1])
+        return result
 
     @property
     def task(self) -> Task:
@@ -204,6 +363,8 @@ class CheetahParams:
     forward_reward_weight: float
     ctrl_cost_weight: float
     reset_noise_scale: float
+    reset_noise: str = "gymnasium"
+    forward_velocity: str = "torso_fd"
 
 
 class _HalfCheetahTaskEnv(_TaskMixin, HalfCheetahEnv):
@@ -217,6 +378,8 @@ class _HalfCheetahTaskEnv(_TaskMixin, HalfCheetahEnv):
         ctrl_cost_weight: float = 0.05,
         reset_noise_scale: float = 0.1,
         clip_actions: bool = False,
+        reset_noise: ResetNoise = "gymnasium",
+        forward_velocity: ForwardVelocity = "torso_fd",
         **kwargs: Any,
     ) -> None:
         _check_nonnegative(
@@ -225,6 +388,8 @@ class _HalfCheetahTaskEnv(_TaskMixin, HalfCheetahEnv):
             reset_noise_scale=reset_noise_scale,
         )
         self.clip_actions = _check_flag("clip_actions", clip_actions)
+        reset_noise = _check_choice("reset_noise", reset_noise, RESET_NOISES)  # type: ignore[assignment]
+        forward_velocity = _check_choice("forward_velocity", forward_velocity, FORWARD_VELOCITIES)  # type: ignore[assignment]
         super().__init__(
             forward_reward_weight=forward_reward_weight,
             ctrl_cost_weight=ctrl_cost_weight,
@@ -232,10 +397,15 @@ class _HalfCheetahTaskEnv(_TaskMixin, HalfCheetahEnv):
             **kwargs,
         )
         self.task_family = task_family
-        self.params = CheetahParams(forward_reward_weight, ctrl_cost_weight, reset_noise_scale)
+        self.params = CheetahParams(
+            forward_reward_weight, ctrl_cost_weight, reset_noise_scale, reset_noise, forward_velocity
+        )
+        # the torso: the body of the root's x slide joint, whose position v5 differentiates
+        self._setup_rllab_options(reset_noise, forward_velocity, int(self.model.jnt_bodyid[0]))
         self.task = task_family.default_task()
 
     def _get_rew(self, x_velocity: float, action: np.ndarray) -> tuple[float, dict[str, float]]:
+        x_velocity = self._task_velocity(x_velocity)
         forward_reward = self.params.forward_reward_weight * self.task_family.forward_term(x_velocity, self._task_value)
         ctrl_cost = self.control_cost(action)
         return forward_reward - ctrl_cost, {"reward_forward": forward_reward, "reward_ctrl": -ctrl_cost}
@@ -251,6 +421,8 @@ class HalfCheetahVelEnv(_HalfCheetahTaskEnv):
         reset_noise_scale: as in HalfCheetah-v5.
         clip_actions: clip the action to [-1, 1] before the physics and the control cost
             (the paper's code; default False, as gymnasium).
+        reset_noise: ``"gymnasium"`` (default) or ``"rllab"``'s reset draws (module docstring).
+        forward_velocity: ``"torso_fd"`` (default, v5) or ``"subtree_com"`` (rllab; module docstring).
         **kwargs: other HalfCheetah-v5 arguments (``frame_skip``, ``xml_file``, ``render_mode``, ...).
     """
 
@@ -283,6 +455,8 @@ class AntParams:
     contact_force_range: tuple[float, float]
     main_body_id: int
     reset_noise_scale: float
+    reset_noise: str = "gymnasium"
+    forward_velocity: str = "torso_fd"
 
 
 class _AntTaskEnv(_TaskMixin, AntEnv):
@@ -302,6 +476,8 @@ class _AntTaskEnv(_TaskMixin, AntEnv):
         contact_force_range: tuple[float, float] = (-1.0, 1.0),
         reset_noise_scale: float = 0.1,
         clip_actions: bool = False,
+        reset_noise: ResetNoise = "gymnasium",
+        forward_velocity: ForwardVelocity = "torso_fd",
         **kwargs: Any,
     ) -> None:
         _check_nonnegative(
@@ -311,6 +487,8 @@ class _AntTaskEnv(_TaskMixin, AntEnv):
             reset_noise_scale=reset_noise_scale,
         )
         self.clip_actions = _check_flag("clip_actions", clip_actions)
+        reset_noise = _check_choice("reset_noise", reset_noise, RESET_NOISES)  # type: ignore[assignment]
+        forward_velocity = _check_choice("forward_velocity", forward_velocity, FORWARD_VELOCITIES)  # type: ignore[assignment]
         healthy_z_range = _check_range("healthy_z_range", healthy_z_range)
         contact_force_range = _check_range("contact_force_range", contact_force_range)
         super().__init__(
@@ -336,11 +514,15 @@ class _AntTaskEnv(_TaskMixin, AntEnv):
             contact_force_range=contact_force_range,
             main_body_id=int(self.model.body(main_body).id),
             reset_noise_scale=reset_noise_scale,
+            reset_noise=reset_noise,
+            forward_velocity=forward_velocity,
         )
+        self._setup_rllab_options(reset_noise, forward_velocity, self.params.main_body_id)
         self.task = task_family.default_task()
 
     def _get_rew(self, x_velocity: float, action: np.ndarray) -> tuple[float, dict[str, float]]:
         # Ant-v5's _get_rew with the task's forward term (same operation order as v5).
+        x_velocity = self._task_velocity(x_velocity)
         forward_reward = self.params.forward_reward_weight * self.task_family.forward_term(x_velocity, self._task_value)
         healthy_reward = self.healthy_reward
         rewards = forward_reward + healthy_reward
@@ -364,7 +546,8 @@ class AntVelEnv(_AntTaskEnv):
         **kwargs: Ant-v5 arguments, same names and defaults (``ctrl_cost_weight=0.5``,
             ``contact_cost_weight=5e-4``, ``healthy_reward=1``, ``healthy_z_range=(0.2, 1)``,
             ``include_cfrc_ext_in_observation=True``, ...); ``forward_reward_weight`` weighs
-            ``-|v_x - v|``; ``clip_actions`` as :class:`HalfCheetahVelEnv`.
+            ``-|v_x - v|``; ``clip_actions``, ``reset_noise`` and ``forward_velocity`` as
+            :class:`HalfCheetahVelEnv`.
     """
 
     def __init__(self, velocity_low: float = 0.0, velocity_high: float = 3.0, **kwargs: Any) -> None:
@@ -407,14 +590,18 @@ class _LocomotionVectorEnv(TaskVectorEnv):
         self.num_threads = resolve_num_threads(num_threads)
         self._family: TaskFamily = env.task_family
         self._dt = float(env.dt)
-        self._init_qpos = env.init_qpos.copy()
+        self._init_qpos = env.reset_qpos.copy()  # gymnasium's init_qpos, or rllab's (reset_noise)
         self._init_qvel = env.init_qvel.copy()
         self._reset_noise_scale = float(env.params.reset_noise_scale)
+        self._reset_noise = env.reset_noise
         self._skipped_qpos = int(env.observation_structure["skipped_qpos"])
         self._act_dim = int(env.action_space.shape[0])
         self._action_bounds = (env.action_space.low, env.action_space.high) if env.clip_actions else None
         backend = PerEnvPhysics if self._needs_contact_forces() else BatchPhysics
         self._physics: BatchPhysics | PerEnvPhysics = backend(env.model, num_envs, env.frame_skip, self.num_threads)
+        # forward_velocity="subtree_com": the stages at the post-step states, on a batch of their own
+        self._velocity_subtree: SubtreeComVelocity | None = env.velocity_subtree
+        self._probe = KinematicsProbe(env.model, num_envs, self.num_threads) if env.velocity_subtree else None
         self._rngs: list[np.random.Generator | None] = [None] * num_envs
         self._terminated = np.zeros(num_envs, dtype=bool)
         self._needs_reset = True
@@ -439,9 +626,8 @@ class _LocomotionVectorEnv(TaskVectorEnv):
             if episode_seed is not None or rng is None:
                 rng, _ = seeding.np_random(episode_seed)
                 self._rngs[i] = rng
-            # reset_model of HalfCheetah-v5 and Ant-v5: the same draws in the same order
-            qpos[i] = self._init_qpos + rng.uniform(low=-scale, high=scale, size=qpos.shape[1])
-            qvel[i] = self._init_qvel + scale * rng.standard_normal(qvel.shape[1])
+            # the single env's reset_model: the same draws in the same order
+            qpos[i], qvel[i] = draw_initial_state(rng, self._reset_noise, self._init_qpos, self._init_qvel, scale)
         self._physics.reset(qpos, qvel)
         self._terminated[:] = False
         self._needs_reset = False
@@ -466,6 +652,12 @@ class _LocomotionVectorEnv(TaskVectorEnv):
         if running is None or running.size:
             self._physics.step(actions, running)
         velocity = (self._tracked_position() - before) / self._dt
+        if self._probe is not None and self._velocity_subtree is not None:
+            if running is None or running.size:
+                self._probe.evaluate(self._physics.qpos, self._physics.qvel, running)
+            probe = self._probe
+            com_velocity = self._velocity_subtree(probe.xipos, probe.cvel, probe.subtree_com)
+            velocity = com_velocity[:, : velocity.shape[1]]
         forward_term = self._family.forward_term(velocity[:, 0], self._task_values)
         squared_action = np.sum(np.square(actions), axis=-1)  # in the actions' dtype, as the single env
         rewards, terminated, infos = self._rewards(forward_term, squared_action, velocity)
@@ -474,6 +666,8 @@ class _LocomotionVectorEnv(TaskVectorEnv):
 
     def close_extras(self, **kwargs: Any) -> None:
         self._physics.close()
+        if self._probe is not None:
+            self._probe.close()
         super().close_extras(**kwargs)
 
     # subclass hooks

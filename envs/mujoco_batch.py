@@ -19,6 +19,11 @@ and expose the results as ``[num_envs, ...]`` arrays:
   ``mj_rnePostConstraint`` after each step as gymnasium does. Its Python cost is a few
   microseconds per episode and step, about 1-2% of an Ant step; it is used only where
   ``cfrc_ext`` is needed.
+
+:class:`KinematicsProbe` evaluates the position and velocity stages (body COMs, ``cvel``) at
+given states on a batch of its own, without touching the simulations: rllab's forward velocity
+(the torso subtree's centre-of-mass velocity after the step) needs them at the new state, where
+a stepped simulation's derived fields are one substep behind.
 """
 
 from __future__ import annotations
@@ -143,3 +148,33 @@ class PerEnvPhysics:
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
+
+
+class KinematicsProbe:
+    """Position- and velocity-stage fields at given states, from a :class:`mujoco.batch.Batch` of its own.
+
+    :meth:`evaluate` copies ``qpos``/``qvel`` into the probe's rows and runs the forward stages up to
+    ``mjSTAGE_VEL`` (``mj_fwdPosition``, ``mj_fwdVelocity``); the simulations being stepped are not
+    touched, so their trajectories and derived fields stay those of gymnasium's single env.
+    """
+
+    def __init__(self, model: mujoco.MjModel, num_envs: int, num_threads: int) -> None:
+        self._batch = mj_batch.Batch(model, nsim=num_envs, nthread=num_threads)
+        self._qpos = self._batch.bind("qpos")
+        self._qvel = self._batch.bind("qvel")
+        self.xipos: np.ndarray = self._batch.bind("xipos")
+        """``[num_envs, nbody, 3]`` body centres of mass at the last evaluated states."""
+        self.cvel: np.ndarray = self._batch.bind("cvel")
+        """``[num_envs, nbody, 6]`` com-based body velocities (angular, linear) at the last evaluated states."""
+        self.subtree_com: np.ndarray = self._batch.bind("subtree_com")
+        """``[num_envs, nbody, 3]`` subtree centres of mass at the last evaluated states."""
+
+    def evaluate(self, qpos: np.ndarray, qvel: np.ndarray, ids: np.ndarray | None = None) -> None:
+        """Evaluate the rows ``ids`` (None: all) at ``qpos``/``qvel`` (``[num_envs, nq/nv]``)."""
+        self._qpos[...] = qpos
+        self._qvel[...] = qvel
+        self._batch.forward(ids=ids, stage=mujoco.mjtStage.mjSTAGE_VEL)
+
+    def close(self) -> None:
+        """Release the batch and its thread pool."""
+        self._batch = None

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from metarl.errors import CheckpointError, ConfigError
-from metarl.maml import InnerAdam, InnerLoss, StepSize, adapt_steps
+from metarl.maml import AdaptationSettings, InnerAdam, InnerLoss, StepSize, adapt_steps
 from metarl.policy import Params
 
 if TYPE_CHECKING:
@@ -60,6 +60,8 @@ class AlgorithmSpec:
     adapt: Literal["all", "head"]
     """Which parameters adapt when ``maml.adapt_params`` is null."""
     reference: str
+    outer: Literal["trpo", "adam"] = "trpo"
+    """Its outer step with the policy-gradient loss when ``outer.optimizer`` is null (:func:`outer_optimizer`)."""
 
 
 ALGORITHMS: dict[str, AlgorithmSpec] = {
@@ -72,14 +74,28 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
             "fomaml", frozenset({"supervised", "rl"}), "first", True, "fixed", "all", "Finn, Abbeel & Levine 2017"
         ),
         AlgorithmSpec("reptile", frozenset({"supervised"}), "first", True, "fixed", "all", "Nichol et al. 2018"),
-        AlgorithmSpec("metasgd", frozenset({"supervised"}), "second", False, "per_parameter", "all", "Li et al. 2017"),
-        AlgorithmSpec("anil", frozenset({"supervised"}), "second", False, "fixed", "head", "Raghu et al. 2020"),
+        AlgorithmSpec(
+            "metasgd", frozenset({"supervised", "rl"}), "second", False, "per_parameter", "all", "Li et al. 2017"
+        ),
+        AlgorithmSpec("anil", frozenset({"supervised", "rl"}), "second", False, "fixed", "head", "Raghu et al. 2020"),
         AlgorithmSpec(
             "mamlpp", frozenset({"supervised"}), "annealed", True, "per_layer_per_step", "all", "Antoniou et al. 2019"
         ),
+        # MAML-VPG (vpg; the baseline of Rothfuss et al. 2019, ProMP, their vpg_maml.py): MAML's objective, the mean
+        # over tasks of the post-adaptation return after maml.num_inner_steps REINFORCE steps of maml.inner_lr, with
+        # the plain policy-gradient outer step: one Adam step (outer.lr) per sampled meta-batch on the gradient of the
+        # post-adaptation surrogate (ratio 1), taken through the inner steps (second order unless maml.first_order;
+        # the inner loss's form, hence its Hessian, is maml.inner_estimator). It is trainer.PolicyGradientMAML's
+        # Adam path, outer.optimizer: adam, under its own name; outer.optimizer: trpo contradicts it.
+        AlgorithmSpec("vpg", frozenset({"rl"}), "second", False, "fixed", "all", "Rothfuss et al. 2019", "adam"),
+        # ProMP (promp; Rothfuss et al. 2019; metarl.promp documents the objective): promp.num_steps Adam steps
+        # (outer.lr) per sampled meta-batch on PPO's clipped post-adaptation surrogate (promp.clip_eps) plus the
+        # inner steps' KLs weighted by coefficients that start at promp.init_kl_coeff and, with promp.adaptive_kl,
+        # track promp.target_kl; the inner loop re-run at every step with the importance-weighted LVC objective.
+        AlgorithmSpec("promp", frozenset({"rl"}), "second", False, "fixed", "all", "Rothfuss et al. 2019", "adam"),
     )
 }
-"""Every algorithm ``maml.algorithm`` names. The RL family (``vpg``, ``promp``) adds its entries here."""
+"""Every algorithm ``maml.algorithm`` names."""
 
 MSL_FLOOR = 0.03
 """MAML++'s multi-step loss: the smallest weight of a non-final step is ``MSL_FLOOR / K`` (the paper's code)."""
@@ -94,7 +110,8 @@ def check_config(config: Config) -> None:
     """Refuse combinations of keys that contradict each other, with one :class:`ConfigError` line.
 
     An algorithm that is not implemented for the configured loss, a ``maml.first_order`` that
-    contradicts the algorithm, and ``anil`` told to adapt everything.
+    contradicts the algorithm, ``outer.optimizer: trpo`` for an algorithm whose outer step is Adam
+    (vpg, promp), promp with an inner estimator other than lvc, and ``anil`` told to adapt everything.
     """
     m = config.maml
     spec = ALGORITHMS[m.algorithm]
@@ -116,11 +133,34 @@ def check_config(config: Config) -> None:
                 f"config key 'maml.first_order': {str(m.first_order).lower()} contradicts "
                 f"maml.algorithm={m.algorithm!r}, which is {spec.order} order; leave maml.first_order unset (null)"
             )
+    if family == "rl" and spec.outer == "adam" and config.outer.optimizer == "trpo":
+        raise ConfigError(
+            f"config key 'outer.optimizer': 'trpo' contradicts maml.algorithm={m.algorithm!r}, whose outer step is "
+            "Adam; leave outer.optimizer unset (null), or use maml.algorithm=maml for MAML-TRPO"
+        )
+    if m.algorithm == "promp" and m.inner_estimator not in ("log", "lvc"):
+        raise ConfigError(
+            f"config key 'maml.inner_estimator': {m.inner_estimator!r} contradicts maml.algorithm='promp', whose inner "
+            "objective is the importance-weighted lvc; set maml.inner_estimator=lvc or leave it at its default"
+        )
     if m.algorithm == "anil" and m.adapt_params == "all":
         raise ConfigError(
             "config key 'maml.adapt_params': 'all' contradicts maml.algorithm='anil', which adapts a subset "
             "(use maml.algorithm=maml to adapt every parameter)"
         )
+
+
+def outer_optimizer(config: Config) -> Literal["trpo", "adam"]:
+    """The outer step a config takes: ``outer.optimizer`` if set, else the algorithm's own.
+
+    With ``maml.loss: pg``: ``trpo`` for maml, fomaml, metasgd and anil, ``adam`` for vpg and promp
+    (:attr:`AlgorithmSpec.outer`); supervised losses: ``adam`` (Reptile takes neither).
+    """
+    if config.outer.optimizer is not None:
+        return config.outer.optimizer
+    if loss_family(config.maml.loss) == "supervised":
+        return "adam"
+    return ALGORITHMS[config.maml.algorithm].outer
 
 
 def algorithm_name(maml: MamlConfig) -> str:
@@ -339,7 +379,25 @@ class LearnedStepSizes(nn.Module):
         return module
 
 
+def learned_step_sizes(config: Config, model: FunctionalModel) -> LearnedStepSizes | None:
+    """The step sizes the config's algorithm learns for ``model``'s adapted parameters, at ``maml.inner_lr``
+    (``None`` for an algorithm with a fixed step size)."""
+    spec = ALGORITHMS[config.maml.algorithm]
+    if spec.step_sizes == "fixed":
+        return None
+    params = model.params()
+    adapted = adapted_names(config, model)
+    shapes = {n: tuple(p.shape) for n, p in params.items() if adapted is None or n in adapted}
+    dtype = next(iter(params.values())).dtype
+    return LearnedStepSizes(spec.step_sizes, shapes, config.maml.num_inner_steps, config.maml.inner_lr, dtype)
+
+
 # --------------------------------------------------------------------------- the inner rule
+
+
+def mean_step_size(sizes: Mapping[str, Tensor]) -> float:
+    """One step's learned step sizes as one number: the mean over every adapted element."""
+    return float(torch.cat([t.detach().reshape(-1) for t in sizes.values()]).double().mean())
 
 
 @dataclass(frozen=True)
@@ -380,14 +438,7 @@ class InnerRule:
 
     def mean_step_sizes(self, num_steps: int) -> list[float]:
         """Each step's step size as one number (the mean over every adapted element), for tables and plots."""
-        out = []
-        for s in self.lrs(num_steps):
-            if isinstance(s, float | int):
-                out.append(float(s))
-            else:
-                flat = torch.cat([t.detach().reshape(-1) for t in s.values()])
-                out.append(float(flat.double().mean()))
-        return out
+        return [float(s) if isinstance(s, float | int) else mean_step_size(s) for s in self.lrs(num_steps)]
 
     def describe(self) -> str:
         """One line, e.g. ``SGD, step 0.01`` or ``SGD, learned per-parameter step sizes (mean 0.012); adapts ...``."""
@@ -447,6 +498,13 @@ def inner_rule(
         optimizer = InnerAdam(beta1=config.reptile.adam_beta1)
     first_order = True if iteration is None else first_order_at(config, iteration)
     return InnerRule(sizes, adapted, first_order, optimizer)
+
+
+def with_rule(adaptation: AdaptationSettings, rule: InnerRule) -> AdaptationSettings:
+    """The policy-gradient inner-loop settings with ``rule``'s adapted parameters and learned step sizes
+    (a rule of fixed step sizes keeps ``adaptation.inner_lr``, and with it the evaluation's α, α/2 protocol)."""
+    learned = any(not isinstance(s, float | int) for s in rule.step_sizes)
+    return replace(adaptation, step_sizes=rule.step_sizes if learned else None, adapted=rule.adapted)
 
 
 def checkpoint_inner_rule(checkpoint: Checkpoint) -> InnerRule:
@@ -530,20 +588,8 @@ class MetaLearner:
         self.model = model
         self.loss_name = loss_name
         self.spec = ALGORITHMS[config.maml.algorithm]
-        params = model.params()
         self.adapted = adapted_names(config, model)
-        self.step_sizes: LearnedStepSizes | None = None
-        if self.spec.step_sizes != "fixed":
-            names = [n for n in params if self.adapted is None or n in self.adapted]
-            shapes = {n: tuple(params[n].shape) for n in names}
-            dtype = next(iter(params.values())).dtype
-            self.step_sizes = LearnedStepSizes(
-                self.spec.step_sizes,
-                shapes,
-                config.maml.num_inner_steps,
-                config.maml.inner_lr,
-                dtype,
-            )
+        self.step_sizes = learned_step_sizes(config, model)
         self.optimizer: torch.optim.Adam | None = None
         if self.spec.name != "reptile":
             groups: list[dict[str, Any]] = [{"params": list(model.parameters()), "base_lr": config.outer.lr}]

@@ -21,6 +21,7 @@ from typing import Any, cast
 
 import torch
 
+from metarl.algorithms import InnerRule, checkpoint_inner_rule
 from metarl.baselines import (
     Role,
     SB3Settings,
@@ -119,8 +120,8 @@ def run_benchmark(
     episodes = protocol.episodes_per_step or config.eval.episodes_per_step
     seed = config.eval.seed if protocol.seed is None else protocol.seed
 
-    def evaluate(p: GaussianMLPPolicy, cfg: Config, steps: int) -> dict[str, Any]:
-        return evaluate_adaptation(p, cfg, protocol.num_tasks, steps, episodes, seed)
+    def evaluate(p: GaussianMLPPolicy, cfg: Config, steps: int, rule: InnerRule | None = None) -> dict[str, Any]:
+        return evaluate_adaptation(p, cfg, protocol.num_tasks, steps, episodes, seed, rule=rule)
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -132,7 +133,7 @@ def run_benchmark(
             start = time.perf_counter()
             if method == "maml":
                 log(f"[maml] evaluating {file}")
-                result = evaluate(policy, config, protocol.num_steps)
+                result = evaluate(policy, config, protocol.num_steps, checkpoint_inner_rule(loaded))
             elif method == "random":
                 log("[random] evaluating a random initialisation (build_policy, train.seed)")
                 result = evaluate(build_policy(config, policy.obs_dim, policy.act_dim), config, protocol.num_steps)

@@ -128,8 +128,21 @@ def adaptation_settings(maml: MamlConfig) -> AdaptationSettings:
     )
 
 
-def trpo_settings(outer: OuterConfig) -> TRPOSettings:
-    """The TRPO settings of the ``outer`` section."""
+def trpo_settings(outer: OuterConfig, maml: MamlConfig | None = None) -> TRPOSettings:
+    """The TRPO settings of the ``outer`` section; ``maml`` resolves ``outer.derivatives: auto``.
+
+    The closed form covers the ``log`` and ``lvc`` inner estimators; ``dice`` needs autograd
+    (:class:`ConfigError` if ``closed_form`` is asked for with it).
+    """
+    estimator = maml.inner_estimator if maml is not None else "log"
+    derivatives = outer.derivatives
+    if derivatives == "auto":
+        derivatives = "autograd" if estimator == "dice" else "closed_form"
+    elif derivatives == "closed_form" and estimator == "dice":
+        raise ConfigError(
+            "config key 'outer.derivatives': closed_form covers the log and lvc inner estimators, not "
+            "maml.inner_estimator='dice'; use autograd or auto"
+        )
     return TRPOSettings(
         max_kl=outer.max_kl,
         cg_iters=outer.cg_iters,
@@ -138,6 +151,7 @@ def trpo_settings(outer: OuterConfig) -> TRPOSettings:
         ls_max_steps=outer.ls_max_steps,
         hvp_subsample=outer.hvp_subsample,
         curvature=outer.curvature,
+        derivatives=derivatives,
     )
 
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from metarl.algorithms import InnerRule, MetaLearner, algorithm_name, inner_rule, meta_loss
+from metarl.algorithms import InnerRule, MetaLearner, algorithm_name, inner_rule, meta_loss, outer_optimizer
 from metarl.build import horizon, iteration_rngs, torch_dtype
 from metarl.classifier import Classifier, build_classifier
 from metarl.config import Config
@@ -204,7 +204,7 @@ class ClassificationMAML(Algorithm):
             raise ConfigError(
                 f"config key 'maml.loss': classification needs 'classification', got {config.maml.loss!r}"
             )
-        if config.outer.optimizer != "adam" and config.maml.algorithm != "reptile":
+        if outer_optimizer(config) != "adam" and config.maml.algorithm != "reptile":
             raise ConfigError(
                 f"config key 'outer.optimizer': bad value {config.outer.optimizer!r}; "
                 "allowed with maml.loss=classification: 'adam'"

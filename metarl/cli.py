@@ -153,6 +153,7 @@ def resume_config(run_dir: Path, config_path: Path | None, overrides: list[str])
 
 def cmd_evaluate(args: argparse.Namespace, log: Callable[[str], None]) -> int:
     """Few-shot evaluation of a run's checkpoint; writes ``evaluation.json`` and prints the table."""
+    from metarl.algorithms import algorithm_name, checkpoint_inner_rule
     from metarl.checkpoint import load_checkpoint
     from metarl.evaluation import evaluate_adaptation, markdown_table, returns_by_task_parameter
     from metarl.policy import GaussianMLPPolicy
@@ -165,7 +166,6 @@ def cmd_evaluate(args: argparse.Namespace, log: Callable[[str], None]) -> int:
     if config.maml.loss == "classification":
         import torch
 
-        from metarl.algorithms import checkpoint_inner_rule
         from metarl.classification import accuracy_table, evaluate_classification
         from metarl.sampler import torch_threads
 
@@ -181,7 +181,6 @@ def cmd_evaluate(args: argparse.Namespace, log: Callable[[str], None]) -> int:
             )
         table = accuracy_table(config, result)
     elif config.maml.loss == "supervised":
-        from metarl.algorithms import algorithm_name, checkpoint_inner_rule
         from metarl.supervised import evaluate_regression
 
         rule = checkpoint_inner_rule(checkpoint)  # the run's learned step sizes and adapted subset
@@ -203,8 +202,9 @@ def cmd_evaluate(args: argparse.Namespace, log: Callable[[str], None]) -> int:
             args.num_steps,
             args.episodes,
             args.seed,
+            rule=checkpoint_inner_rule(checkpoint),
         )
-        table = markdown_table({"MAML": result})
+        table = markdown_table({algorithm_name(config.maml): result})
         lengths = " / ".join(
             f"{s['mean_length']:.1f} ({100 * s['terminated_early']:.0f}% ended early)" for s in result["steps"]
         )

@@ -91,6 +91,14 @@ class MamlConfig:
     )
     meta_batch_size: int = _f(20, "tasks per meta-iteration (n)", gt=0)
     episodes_per_task: int = _f(20, "trajectories per task and inner step (B)", gt=0)
+    samples_per_task: int | None = _f(
+        None,
+        "rllab's sample budget per task and sampling (the paper's 20 x 200 = 4000): after the B episodes, tasks "
+        "with fewer valid steps (episodes that terminated early) get further rounds of B episodes, each kept "
+        "while the task is below the budget, for at most 4 x ceil(budget / (horizon x B)) samplings; "
+        "null: exactly B episodes per task",
+        gt=0,
+    )
     inner_lr: float = _f(0.1, "inner-loop step size alpha", gt=0)
     num_inner_steps: int = _f(1, "inner gradient steps k (re-sampling between steps)", gt=0)
     first_order: bool | None = _f(
@@ -99,12 +107,14 @@ class MamlConfig:
         "mamlpp: annealed, see mamlpp.first_order_iterations; the others: false). A value that contradicts "
         "the algorithm is an error",
     )
-    algorithm: Literal["maml", "fomaml", "reptile", "metasgd", "anil", "mamlpp"] = _f(
+    algorithm: Literal["maml", "fomaml", "reptile", "metasgd", "anil", "mamlpp", "vpg", "promp"] = _f(
         "maml",
         "the meta-learning algorithm (docs/design.md#algorithms): maml, fomaml (first order), reptile "
         "(Nichol et al. 2018), metasgd (learned per-parameter inner step sizes, Li et al. 2017), anil (only "
-        "maml.adapt_params adapt in the inner loop, Raghu et al. 2020), mamlpp (MAML++, Antoniou et al. 2019). "
-        "maml.loss=pg: maml or fomaml",
+        "maml.adapt_params adapt in the inner loop, Raghu et al. 2020), mamlpp (MAML++, Antoniou et al. 2019), "
+        "vpg (MAML with a plain policy-gradient Adam outer step, the ProMP paper's MAML-VPG), promp (ProMP, "
+        "Rothfuss et al. 2019: clipped surrogate and inner-KL penalty, several Adam steps per batch; see promp.*). "
+        "maml.loss=pg: the ones metarl.algorithms.ALGORITHMS lists for rl (maml, fomaml, vpg, promp, ...)",
     )
     adapt_params: Literal["all", "head"] | list[str] | None = _f(
         None,
@@ -114,10 +124,13 @@ class MamlConfig:
     gamma: float = _f(0.99, "discount factor", ge=0, le=1)
     gae_lambda: float = _f(1.0, "GAE lambda (1: Monte-Carlo returns minus baseline)", ge=0, le=1)
     normalize_advantages: bool = _f(True, "standardise advantages per task")
-    inner_estimator: Literal["log", "lvc"] = _f(
+    inner_estimator: Literal["log", "lvc", "dice"] = _f(
         "log",
-        "inner policy-gradient loss: log-likelihood form (MAML paper) or ProMP's low-variance curvature form, "
-        "whose Hessian credits pre-adaptation sampling (same inner step, different meta-gradient)",
+        "inner policy-gradient loss, all with the same inner step but different Hessians, hence meta-gradients: "
+        "log (log-likelihood form, MAML paper), lvc (ProMP's low-variance curvature form, whose Hessian credits "
+        "pre-adaptation sampling step by step) or dice (DiCE with a loaded baseline, Foerster et al. 2018: also "
+        "credits each action for later steps' advantages, the exact Hessian in expectation; needs "
+        "outer.derivatives autograd or auto)",
     )
 
 
@@ -125,7 +138,11 @@ class MamlConfig:
 class OuterConfig:
     """Meta-optimiser."""
 
-    optimizer: Literal["trpo", "adam"] = _f("trpo", "meta-optimiser")
+    optimizer: Literal["trpo", "adam"] | None = _f(
+        None,
+        "meta-optimiser; null: the algorithm's own (maml.loss=pg: trpo for maml, fomaml, metasgd and anil, adam "
+        "for vpg and promp; supervised losses: adam). A value that contradicts the algorithm is an error",
+    )
     max_kl: float = _f(0.01, "TRPO trust region: max mean KL per meta-update", gt=0)
     cg_iters: int = _f(10, "TRPO conjugate-gradient iterations", gt=0)
     cg_damping: float = _f(1e-5, "TRPO damping added to the Fisher-vector product", ge=0)
@@ -136,6 +153,12 @@ class OuterConfig:
     )
     curvature: Literal["exact", "fisher"] = _f(
         "exact", "TRPO KL Hessian: exact through the inner loop, or the adapted policies' Fisher (inner Jacobian = I)"
+    )
+    derivatives: Literal["auto", "closed_form", "autograd"] = _f(
+        "auto",
+        "how the learner computes the meta-gradient and curvature: closed_form (by hand, fastest; the log and lvc "
+        "inner estimators with a fixed inner_lr on every parameter), autograd (any estimator and inner rule), or "
+        "auto: closed_form where it applies, else autograd. Both give the same numbers to float round-off",
     )
     lr: float = _f(1e-3, "Adam learning rate", gt=0)
     step_size_lr: float | None = _f(
@@ -290,6 +313,32 @@ class MamlppConfig:
 
 
 @dataclass
+class PrompConfig:
+    """ProMP (``maml.algorithm: promp``, Rothfuss et al. 2019); defaults: the authors' run scripts."""
+
+    clip_eps: float = _f(
+        0.3, "clip range epsilon of the post-adaptation likelihood ratio: [1 - eps, 1 + eps] (authors: 0.3)", gt=0, lt=1
+    )
+    num_steps: int = _f(
+        5, "Adam steps (outer.lr) on each sampled meta-batch, the inner loop re-run at each (authors: 5)", gt=0
+    )
+    target_kl: float = _f(
+        0.01,
+        "adaptive_kl: the inner KL target; a coefficient halves below target/1.5 and doubles above 1.5*target "
+        "(authors: 0.01)",
+        gt=0,
+    )
+    init_kl_coeff: float = _f(
+        5e-4,
+        "initial coefficient eta of each inner step's KL(sampling pre-update policy || current) (authors: 5e-4)",
+        ge=0,
+    )
+    adaptive_kl: bool = _f(
+        False, "adapt the KL coefficients after every meta-iteration (authors' run scripts: false; their class: true)"
+    )
+
+
+@dataclass
 class Config:
     """A full experiment."""
 
@@ -303,6 +352,7 @@ class Config:
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     reptile: ReptileConfig = field(default_factory=ReptileConfig)
     mamlpp: MamlppConfig = field(default_factory=MamlppConfig)
+    promp: PrompConfig = field(default_factory=PrompConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from numbers import Real
@@ -10,9 +11,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from metarl.algorithms import InnerRule, with_rule
 from metarl.build import adaptation_settings, make_sampler, task_env
 from metarl.config import Config
-from metarl.maml import inner_step_sizes, sample_meta_batch
+from metarl.maml import sample_meta_batch
 from metarl.policy import GaussianMLPPolicy
 
 METRIC_NAMES = {"mean_return": "return", "mse": "MSE", "accuracy": "accuracy"}
@@ -48,8 +50,13 @@ def evaluate_adaptation(
     episodes_per_step: int | None = None,
     seed: int | None = None,
     inner_lr: float | None = None,
+    rule: InnerRule | None = None,
 ) -> dict[str, Any]:
     """Adapt ``policy`` on fresh seeded tasks with 0..k inner steps (alpha, then alpha/2) and measure returns.
+
+    ``rule`` (a checkpoint's :func:`metarl.algorithms.checkpoint_inner_rule`) adapts only its
+    parameters (ANIL) and with its learned step sizes at every step (Meta-SGD); ``None``: every
+    parameter, with the protocol's alpha, alpha/2.
 
     Returns ``{"steps": [{"step": k, "mean_return": x, "ci95": h}, ...], "per_task": [[...], ...],
     "tasks": [...]}``, where the confidence interval is over tasks (each task's return averaged
@@ -68,16 +75,19 @@ def evaluate_adaptation(
     generator = torch.Generator().manual_seed(seed)
     tasks = task_env(config).unwrapped.sample_tasks(num_tasks, rng)  # type: ignore[attr-defined]
     sampler = make_sampler(config, num_tasks, episodes)
+    adaptation = dataclasses.replace(adaptation_settings(config.maml), inner_lr=lr)
+    if rule is not None:
+        adaptation = with_rule(adaptation, rule)
     try:
         batch, _ = sample_meta_batch(
             sampler,
             policy,
             policy.params(),
             tasks,
-            adaptation_settings(config.maml),
+            adaptation,
             rng,
             generator,
-            lrs=inner_step_sizes(lr, num_steps, decay_after_first=True),
+            lrs=adaptation.lrs(num_steps, decay_after_first=True),
         )
     finally:
         sampler.close()

@@ -4,6 +4,23 @@ The inner update is a pure function of (params, grads, lr). Parameters are stack
 along a leading dimension, so the gradient of the *sum* of the per-task losses with respect
 to the stacked copies is every task's own gradient in one backward pass: there is no Python
 loop over tasks anywhere here.
+
+The inner policy-gradient loss (:func:`reinforce_loss`) comes in three forms, the
+``maml.inner_estimator``. All three have the same gradient, ``-mean_t[A_t g_t]`` with
+``g_t = grad log pi(a_t|s_t)``, so they take the same inner step; second-order MAML
+differentiates the inner step, so it sees their Hessians, which differ (per episode, ``A_t``
+held fixed, ``H_t = grad^2 log pi_t``, ``G_t = g_0 + ... + g_t``, ``G_{-1} = 0``):
+
+- ``log`` (the MAML paper's code): ``-mean_t[A_t H_t]``, the policy's curvature alone.
+- ``lvc`` (ProMP's low-variance curvature): ``-mean_t[A_t (H_t + g_t g_t^T)]``, adding each
+  step's own sampling term.
+- ``dice`` (DiCE, Foerster et al. 2018, with the baseline in its loaded form, Farquhar et al.
+  2019): ``-mean_t[A_t (H_t + G_t G_t^T - G_{t-1} G_{t-1}^T)]``, which also keeps the cross-time
+  terms ``g_t G_{t-1}^T + G_{t-1} g_t^T``. With ``A_t`` the reward-to-go discounted from the
+  episode's start, ``sum_{t' >= t} gamma^t' r_t'``, minus any baseline of the state, its
+  expectation is minus the exact Hessian of the expected return (tests/test_dice.py enumerates
+  a small MDP to check it); the log and lvc forms' expectations miss the cross-time terms, and
+  the log form's even depends on the baseline.
 """
 
 from __future__ import annotations
@@ -27,8 +44,10 @@ from metarl.policy import GaussianMLPPolicy, Params, detach_params, is_stacked, 
 InnerLoss = Callable[[Params, int], Tensor]
 """``(stacked params, inner step index) -> sum over tasks of each task's inner loss``."""
 
-InnerEstimator = Literal["log", "lvc"]
+InnerEstimator = Literal["log", "lvc", "dice"]
 """How the inner policy-gradient loss is written, which sets its second derivative (see :func:`reinforce_loss`)."""
+
+INNER_ESTIMATORS: tuple[InnerEstimator, ...] = ("log", "lvc", "dice")
 
 
 StepSize = float | dict[str, Tensor]
@@ -181,8 +200,32 @@ def log_probs(policy: GaussianMLPPolicy, params: Params, episodes: Episodes) -> 
     return log_prob(mean, log_std, task_major(episodes.actions)), mean, log_std
 
 
+def dice_weights(log_probs: Tensor, mask: Tensor) -> Tensor:
+    """The DiCE weights of every step, ``w_t = box(S_t) - box(S_{t-1})``: time-major ``[T, ...]``, like ``mask``.
+
+    ``S_t = sum_{t' <= t} mask_t' log pi_t'`` is the episode's log-likelihood up to step ``t``
+    (steps after the episode ended add nothing), ``box(x) = exp(x - stop_grad(x))`` is DiCE's
+    magic box (value 1, derivatives those of ``exp(x - x_0)`` at ``x_0``) and ``box(S_{-1}) = 1``
+    has no derivative. Every ``w_t`` is 0 in value; ``sum_t w_t A_t`` is the DiCE objective
+    with the baseline in its loaded form (Farquhar et al. 2019): its derivatives of every order
+    are, in expectation, those of the expected return when ``A_t`` is the reward-to-go discounted
+    from the episode's start minus a baseline of the state. ``grad w_t = grad log pi_t`` and
+    ``grad^2 w_t = grad^2 log pi_t + G_t G_t^T - G_{t-1} G_{t-1}^T`` with ``G_t = grad S_t``.
+    After an episode ended ``S`` is constant, so ``w_t`` is identically 0 there.
+    """
+    cumulative = torch.cumsum(log_probs * mask, dim=0)
+    box = torch.exp(cumulative - cumulative.detach())
+    before = torch.cat([torch.ones_like(box[:1]), box[:-1]])
+    return box - before
+
+
 def reinforce_loss(
-    policy: GaussianMLPPolicy, params: Params, episodes: Episodes, estimator: InnerEstimator = "log"
+    policy: GaussianMLPPolicy,
+    params: Params,
+    episodes: Episodes,
+    estimator: InnerEstimator = "log",
+    *,
+    sampling_log_probs: Tensor | None = None,
 ) -> Tensor:
     """REINFORCE with baseline, ``sum_i mean_t[-w * A]`` (per-task mean, summed over tasks).
 
@@ -193,13 +236,36 @@ def reinforce_loss(
     ``-mean_t[A grad log pi grad log pi^T]``, the part of the expected objective's Hessian
     that comes from the sampling distribution. With it, the meta-gradient credits
     pre-adaptation actions for the inner step they lead to; the log form drops that term.
+    ``"dice"`` (Foerster et al. 2018, loaded baseline): ``w_t = box(S_t) - box(S_{t-1})`` of the
+    episode's cumulative log-likelihood (:func:`dice_weights`), 0 in value. Same gradient
+    again; its Hessian adds ``-mean_t[A_t (G_t G_t^T - G_{t-1} G_{t-1}^T)]`` to the log form's,
+    ``G_t`` the score of the episode's first ``t + 1`` actions: lvc's same-step term plus the
+    cross-time terms ``g_t G_{t-1}^T + G_{t-1} g_t^T``, so that an action is also credited for
+    the advantages of the steps after it. With advantages that are the reward-to-go discounted
+    from the episode's start minus a state baseline, its expectation is minus the exact Hessian
+    of the expected return (:mod:`metarl.advantages` discounts from each step instead: the usual
+    discounted surrogate). Its derivatives are not in the closed form of :mod:`metarl.trpo`: use
+    ``derivatives="autograd"`` there.
+
+    ``sampling_log_probs`` (task-major ``[n, T*B]``, lvc only; ProMP's inner objective): the
+    log-probabilities under the policy that sampled the episodes, so ``w = pi / stop_grad(pi_old)``,
+    the importance-weighted LVC, whose value is not 1 once ``params`` moved away from the sampler.
     """
     if episodes.advantages is None:
         raise ValueError("episodes have no advantages: pass them through metarl.advantages.process first")
-    if estimator not in ("log", "lvc"):
-        raise ValueError(f"estimator must be 'log' or 'lvc', got {estimator!r}")
+    if estimator not in INNER_ESTIMATORS:
+        raise ValueError(f"estimator must be 'log', 'lvc' or 'dice', got {estimator!r}")
     logp, _, _ = log_probs(policy, params, episodes)
-    weight = logp if estimator == "log" else torch.exp(logp - logp.detach())
+    if sampling_log_probs is not None and estimator != "lvc":
+        raise ValueError(f"sampling_log_probs is for the lvc estimator, not {estimator!r}")
+    if estimator == "dice":
+        t, n, b = episodes.mask.shape
+        weight = task_major(dice_weights(logp.reshape(n, t, b).transpose(0, 1), episodes.mask))
+    elif estimator == "log":
+        weight = logp
+    else:
+        reference = logp.detach() if sampling_log_probs is None else sampling_log_probs.detach()
+        weight = torch.exp(logp - reference)
     return masked_task_mean(-weight * task_major(episodes.advantages), task_major(episodes.mask)).sum()
 
 
@@ -291,6 +357,23 @@ class AdaptationSettings:
     gae_lambda: float
     normalize_advantages: bool
     inner_estimator: InnerEstimator = "log"
+    step_sizes: tuple[StepSize, ...] | None = None
+    """Learned step sizes, one entry per inner step, the last repeated beyond (Meta-SGD's α: live tensors,
+    so the meta-gradient reaches them); ``None``: ``inner_lr`` at every step."""
+    adapted: frozenset[str] | None = None
+    """The parameters the inner loop adapts (ANIL: the head); ``None``: all."""
+
+    @property
+    def plain(self) -> bool:
+        """Every parameter adapts with the fixed ``inner_lr``: the case the closed-form derivatives cover."""
+        return self.step_sizes is None and self.adapted is None
+
+    def lrs(self, num_steps: int, decay_after_first: bool = False) -> list[StepSize]:
+        """The step size of each of ``num_steps`` inner steps: learned ones, or ``inner_lr`` (halved after the
+        first with ``decay_after_first``, the evaluation protocol of fixed step sizes)."""
+        if self.step_sizes is None:
+            return list(inner_step_sizes(self.inner_lr, num_steps, decay_after_first))
+        return [self.step_sizes[min(j, len(self.step_sizes) - 1)] for j in range(num_steps)]
 
 
 def rl_inner_loss(policy: GaussianMLPPolicy, train: Sequence[Episodes], estimator: InnerEstimator = "log") -> InnerLoss:
@@ -301,11 +384,15 @@ def rl_inner_loss(policy: GaussianMLPPolicy, train: Sequence[Episodes], estimato
 def adapt_on_batch(
     policy: GaussianMLPPolicy, params: Params, batch: MetaBatch, settings: AdaptationSettings, first_order: bool
 ) -> Params:
-    """Re-run the meta-batch's inner loop from ``params`` (differentiably unless ``first_order``)."""
-    lrs = inner_step_sizes(settings.inner_lr, len(batch.train))
-    return adapt(
-        rl_inner_loss(policy, batch.train, settings.inner_estimator), params, len(batch.tasks), lrs, first_order
-    )
+    """Re-run the meta-batch's inner loop from ``params`` (differentiably unless ``first_order``; learned step
+    sizes stay differentiable either way) with the settings' step sizes and adapted parameters."""
+    loss = rl_inner_loss(policy, batch.train, settings.inner_estimator)
+    return adapt(loss, params, len(batch.tasks), settings.lrs(len(batch.train)), first_order, settings.adapted)
+
+
+def _describe_step(lr: StepSize) -> str:
+    """``maml.inner_lr=0.1``, or ``learned step sizes`` for tensors (the error messages' wording)."""
+    return f"maml.inner_lr={lr:g}" if isinstance(lr, float | int) else "learned step sizes"
 
 
 def sample_meta_batch(
@@ -316,27 +403,41 @@ def sample_meta_batch(
     settings: AdaptationSettings,
     rng: np.random.Generator,
     generator: torch.Generator,
-    lrs: Sequence[float] | None = None,
+    lrs: Sequence[StepSize] | None = None,
 ) -> tuple[MetaBatch, list[Params]]:
     """Sample pre-adaptation episodes, adapt, re-sample after every inner step (as the paper does).
 
-    Returns the batch and the (detached) parameters used for each of the ``k + 1`` samplings.
+    ``lrs`` (default: the settings' ``num_steps`` step sizes) sets the number and sizes of the
+    inner steps; only the settings' ``adapted`` parameters take them. Returns the batch and the
+    (detached) parameters used for each of the ``k + 1`` samplings. Fixed step sizes on every
+    parameter take the closed-form first-order step (:func:`metarl.trpo.adapt_first_order`),
+    the same values as the autograd step to float round-off and about 3x faster.
     """
-    lrs = list(lrs) if lrs is not None else inner_step_sizes(settings.inner_lr, settings.num_steps)
+    from metarl.trpo import adapt_first_order  # trpo builds on this module
+
+    lrs = list(lrs) if lrs is not None else settings.lrs(settings.num_steps)
     current = detach_params(params)
     used: list[Params] = []
     sets: list[Episodes] = []
     for step in range(len(lrs) + 1):
-        raw = sampler.collect(policy, current, tasks, rng, generator)
+        from metarl.sampler import collect_to_budget  # maml.samples_per_task: rllab's sample budget per task
+
+        raw = collect_to_budget(sampler, policy, current, tasks, rng, generator)
         sets.append(process(raw, settings.gamma, settings.gae_lambda, settings.normalize_advantages))
         used.append(current)
         if step < len(lrs):
-            loss_fn = lambda p, _s, ep=sets[-1]: reinforce_loss(policy, p, ep)  # noqa: E731
-            current = detach_params(adapt(loss_fn, current, len(tasks), [lrs[step]], first_order=True))
+            lr = lrs[step]
+            if settings.adapted is None and isinstance(lr, float | int):
+                current = adapt_first_order(policy, current, [sets[-1]], [float(lr)])
+            else:
+                loss_fn = lambda p, _s, ep=sets[-1]: reinforce_loss(policy, p, ep)  # noqa: E731
+                sizes = lr if isinstance(lr, float | int) else {k: v.detach() for k, v in lr.items()}
+                adapted = adapt(loss_fn, current, len(tasks), [sizes], first_order=True, adapted=settings.adapted)
+                current = detach_params(adapted)
             bad = [name for name, value in current.items() if not torch.isfinite(value).all()]
             if bad:
                 raise FloatingPointError(
                     f"inner step {step + 1} made the adapted parameters non-finite ({', '.join(bad)}; "
-                    f"maml.inner_lr={lrs[step]:g} too large?)"
+                    f"{_describe_step(lrs[step])} too large?)"
                 )
     return MetaBatch(list(tasks), sets[:-1], sets[-1]), used

@@ -224,7 +224,11 @@ class RaySampler:
     ``num_workers`` actors (0: one per ``cpus_per_worker`` CPUs of the cluster), at most one per
     task; actor ``k`` owns tasks ``task_slices(n, k)[k]`` for the sampler's lifetime. Actors that cannot
     start within ``start_timeout`` seconds (no free CPUs) are a :class:`ConfigError`.
+    ``samples_per_task``: the sample budget :func:`metarl.sampler.collect_to_budget` reads, as the
+    local sampler's.
     """
+
+    samples_per_task: int | None = None
 
     def __init__(
         self,

@@ -23,6 +23,7 @@ Figures of evaluation results (the benchmark's return-vs-steps figure) are in :m
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -35,14 +36,14 @@ import gymnasium
 import numpy as np
 import torch
 
-from metarl.algorithms import InnerRule, checkpoint_inner_rule
+from metarl.algorithms import InnerRule, checkpoint_inner_rule, mean_step_size, with_rule
 from metarl.build import adaptation_settings, horizon, make_sampler, task_env, torch_dtype
 from metarl.checkpoint import load_checkpoint
 from metarl.config import Config
 from metarl.envs.base import Task
 from metarl.errors import RenderError
 from metarl.evaluation import is_scalar_value, steps_label
-from metarl.maml import inner_step_sizes, sample_meta_batch
+from metarl.maml import sample_meta_batch
 from metarl.plots import STEP_COLORS, pyplot
 from metarl.policy import GaussianMLPPolicy, Params, is_stacked, stack_params
 from metarl.reporting import env_slug, write_json
@@ -226,8 +227,12 @@ def adapt_tasks(
     episodes_per_task: int,
     seed: int,
     inner_lr: float | None = None,
+    rule: InnerRule | None = None,
 ) -> AdaptationTrace:
     """Adapt to every task at once with metarl's inner loop (alpha, then alpha/2), as the evaluation does.
+
+    ``rule`` (the checkpoint's) adapts only its parameters and with its learned step sizes, as
+    :func:`metarl.evaluation.evaluate_adaptation` does.
 
     Each of the ``num_steps`` steps re-samples ``episodes_per_task`` trajectories with the
     current per-task parameters (:func:`metarl.maml.sample_meta_batch`). Randomness comes
@@ -238,19 +243,24 @@ def adapt_tasks(
             f"need num_steps >= 0, episodes_per_task >= 1 and at least one task, got "
             f"{num_steps}, {episodes_per_task}, {len(tasks)} tasks"
         )
-    lrs = inner_step_sizes(config.maml.inner_lr if inner_lr is None else inner_lr, num_steps, decay_after_first=True)
+    adaptation = adaptation_settings(config.maml)
+    adaptation = dataclasses.replace(adaptation, inner_lr=config.maml.inner_lr if inner_lr is None else inner_lr)
+    if rule is not None:
+        adaptation = with_rule(adaptation, rule)
+    lrs = adaptation.lrs(num_steps, decay_after_first=True)
     rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(seed)
     sampler = make_sampler(config, len(tasks), episodes_per_task)
     try:
         batch, used = sample_meta_batch(
-            sampler, policy, policy.params(), list(tasks), adaptation_settings(config.maml), rng, generator, lrs=lrs
+            sampler, policy, policy.params(), list(tasks), adaptation, rng, generator, lrs=lrs
         )
     finally:
         sampler.close()
     stacked = [p if is_stacked(p) else stack_params(p, len(tasks)) for p in used]
     returns = np.stack([ep.episode_returns().mean(1).double().numpy() for ep in [*batch.train, batch.valid]])
-    return AdaptationTrace(list(tasks), stacked, lrs, returns)
+    sizes = [lr if isinstance(lr, float | int) else mean_step_size(lr) for lr in lrs]
+    return AdaptationTrace(list(tasks), stacked, [float(x) for x in sizes], returns)
 
 
 def step_label(step: int, trace: AdaptationTrace) -> str:
@@ -748,7 +758,7 @@ def render_checkpoint(
         rule = checkpoint_inner_rule(loaded) if config.maml.loss == "supervised" else None
         result = render_sinusoid(policy, config, tasks, num_steps, stem.with_suffix(".png"), seed, episodes, rule=rule)
     else:
-        trace = adapt_tasks(policy, config, tasks, num_steps, episodes, seed)
+        trace = adapt_tasks(policy, config, tasks, num_steps, episodes, seed, rule=checkpoint_inner_rule(loaded))
         if kind == "video":
             result = render_video(
                 policy,

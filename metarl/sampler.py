@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
@@ -292,8 +294,11 @@ class Sampler:
     intra-op threads spin and take cores from the batched physics threads (see
     ``benchmarks/bench_threads.py``).
     ``collect_seconds`` adds up the wall time spent in :meth:`collect` (for the trainer's
-    sampling/learning split).
+    sampling/learning split). ``samples_per_task`` (default None) is the sample budget that
+    :func:`collect_to_budget` reads (``maml.samples_per_task``; set by the trainer).
     """
+
+    samples_per_task: int | None = None
 
     def __init__(
         self,
@@ -363,3 +368,93 @@ class Sampler:
     def close(self) -> None:
         """Close the vector env."""
         self.env.close()
+
+
+def budget_rounds(samples_per_task: int, horizon: int, episodes_per_task: int) -> int:
+    """The most samplings :func:`collect_to_budget` makes: ``4 * ceil(budget / (T * B))``."""
+    return 4 * max(1, math.ceil(samples_per_task / (horizon * episodes_per_task)))
+
+
+def _drop_episodes(episodes: Episodes, keep: torch.Tensor) -> Episodes:
+    """``episodes`` with the episodes where ``keep`` (``[n, B]``) is 0 emptied: mask, rewards, observations
+    and actions zero (finite, and nothing a masked consumer reads)."""
+    keep = keep.to(episodes.mask.dtype)
+    step = keep.unsqueeze(0)
+    return Episodes(
+        episodes.observations * step.unsqueeze(-1).to(episodes.observations.dtype),
+        episodes.actions * step.unsqueeze(-1).to(episodes.actions.dtype),
+        episodes.rewards * step.to(episodes.rewards.dtype),
+        episodes.mask * step,
+    )
+
+
+def collect_to_budget(
+    sampler: Any,
+    policy: GaussianMLPPolicy,
+    params: Params,
+    tasks: Sequence[Task],
+    rng: np.random.Generator,
+    generator: torch.Generator,
+    samples_per_task: int | None = None,
+    max_rounds: int | None = None,
+) -> Episodes:
+    """``sampler.collect``, then more rounds until every task has ``samples_per_task`` valid steps (rllab's protocol).
+
+    rllab's MAML sampler (cbfinn/maml_rl ``sandbox/rocky/tf/samplers/batch_sampler.py``, one
+    ``parallel_sampler.sample_paths(max_samples=fast_batch_size * max_path_length)`` per task, e.g.
+    20 x 200 = 4000) rolls whole episodes out until the task's sample count reaches the budget, so
+    episodes that end early (the Ant falling) are made up by more episodes. Here: the first ``collect`` gives ``B``
+    episodes of every task, all kept. While a task is below the budget, and for at most
+    ``max_rounds`` samplings in all (default :func:`budget_rounds`), one more ``collect`` of
+    ``B`` episodes per task runs (a loop over rounds, not tasks; works with any sampler with
+    ``collect``: the local, Ray and on-device ones). Of a round's episodes a task keeps them in
+    order while it is still below the budget before the episode, as rllab stops once the count is
+    reached; the others (all of them for tasks that have enough) become empty episodes (mask 0,
+    zero values), which no masked consumer (returns, baselines, advantages, losses, the trainer's
+    episode metrics) counts. Episode slots empty for every task are dropped, so the result is
+    ``[T, n, B_total]`` with ``B_total`` between ``B`` and ``max_rounds * B``. Every round draws
+    its streams from ``rng`` and ``generator`` as a ``collect`` does, so the result is determined
+    by their state. If the budget is not reached within ``max_rounds`` samplings, a
+    ``RuntimeWarning`` says so and the episodes collected are returned.
+
+    ``samples_per_task`` defaults to ``sampler.samples_per_task`` (None if it has none); with None
+    this is exactly ``sampler.collect(...)``.
+    """
+    budget = getattr(sampler, "samples_per_task", None) if samples_per_task is None else samples_per_task
+    first: Episodes = sampler.collect(policy, params, tasks, rng, generator)
+    if budget is None:
+        return first
+    if isinstance(budget, bool) or int(budget) != budget or budget < 1:
+        raise ValueError(f"samples_per_task must be a positive integer or None, got {budget!r}")
+    limit = budget_rounds(int(budget), first.horizon, first.episodes_per_task) if max_rounds is None else max_rounds
+    if limit < 1:
+        raise ValueError(f"max_rounds must be >= 1, got {max_rounds}")
+    blocks = [first]
+    counts = first.mask.sum((0, 2))  # [n] valid steps per task
+    rounds = 1
+    while rounds < limit and bool((counts < budget).any()):
+        block: Episodes = sampler.collect(policy, params, tasks, rng, generator)
+        rounds += 1
+        lengths = block.mask.sum(0)  # [n, B]
+        before = counts.unsqueeze(1) + lengths.cumsum(1) - lengths  # each task's count before each episode
+        block = _drop_episodes(block, before < budget)
+        counts = counts + block.mask.sum((0, 2))
+        blocks.append(block)
+    short = int((counts < budget).sum().item())
+    if short:
+        warnings.warn(
+            f"maml.samples_per_task={budget}: {short} of {len(counts)} tasks have fewer valid samples after "
+            f"{rounds} samplings of {first.episodes_per_task} episodes (the most: {limit}; fewest "
+            f"{int(counts.min().item())}); going on with the samples there are",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    if len(blocks) == 1:
+        return first
+    fields = ("observations", "actions", "rewards", "mask")
+    merged = {name: torch.cat([getattr(b, name) for b in blocks], 2) for name in fields}
+    used = merged["mask"].sum(0).gt(0).any(0)  # [B_total]: slots that hold an episode of some task
+    if not bool(used.all()):
+        index = used.nonzero().squeeze(1)
+        merged = {name: value.index_select(2, index) for name, value in merged.items()}
+    return Episodes(**merged)

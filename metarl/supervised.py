@@ -25,7 +25,15 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from metarl.algorithms import InnerRule, MetaLearner, adapted_names, algorithm_name, inner_rule, meta_loss
+from metarl.algorithms import (
+    InnerRule,
+    MetaLearner,
+    adapted_names,
+    algorithm_name,
+    inner_rule,
+    meta_loss,
+    outer_optimizer,
+)
 from metarl.build import build_policy, io_dims, iteration_rngs, task_env, torch_dtype
 from metarl.config import Config
 from metarl.envs.base import Task
@@ -186,7 +194,7 @@ class SupervisedMAML(Algorithm):
     def __init__(self, config: Config) -> None:
         if config.maml.loss != "supervised":
             raise ConfigError(f"config key 'maml.loss': supervised MAML needs 'supervised', got {config.maml.loss!r}")
-        if config.outer.optimizer != "adam" and config.maml.algorithm != "reptile":
+        if outer_optimizer(config) != "adam" and config.maml.algorithm != "reptile":
             raise ConfigError(
                 f"config key 'outer.optimizer': bad value {config.outer.optimizer!r}; "
                 "allowed with maml.loss=supervised: 'adam'"

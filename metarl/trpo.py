@@ -9,9 +9,10 @@ How the meta-update is computed (docs/design.md, "The meta-update"):
   the meta-gradient through it (a chain of Hessian-vector products), the Fisher-vector
   products and the line search's inner steps are computed by hand from the mean network's
   forward, backward, tangent and second-order passes (:mod:`metarl.policy`), without
-  autograd graphs. ``derivatives="autograd"`` computes the same quantities with autograd
-  (double backward through the inner step), chunk by chunk, and gives the whole-batch
-  autograd computation's results value for value (tests/test_trpo.py).
+  autograd graphs, for the ``log`` and ``lvc`` inner estimators. ``derivatives="autograd"``
+  computes the same quantities with autograd (double backward through the inner step), chunk
+  by chunk, and gives the whole-batch autograd computation's results value for value
+  (tests/test_trpo.py); it is the one for the ``dice`` estimator.
 - **Nothing computed twice.** The meta-gradient's pass yields the adapted parameters (where
   the Fisher is taken), the old policy for the line search and, for ``curvature: exact``, the
   inner steps' caches that the curvature's Jacobian products reuse; one forward gives each
@@ -371,7 +372,7 @@ def _inner_step(
 ) -> tuple[Params, _InnerStep | None]:
     """``params - lr * grad`` of the REINFORCE inner loss ``-sum_t weight_t A_t log pi_t`` (per task, stacked).
 
-    Both inner estimators (``log``, ``lvc``) have this gradient. ``keep`` also returns what
+    Every inner estimator (``log``, ``lvc``, ``dice``) has this gradient. ``keep`` also returns what
     :func:`_inner_hvp` needs.
     """
     cache = mlp_forward(policy, params, samples.observations)
@@ -384,14 +385,29 @@ def _inner_step(
     return new, (_InnerStep(params, cache, back, gauss, coef, lr) if keep else None)
 
 
+_CLOSED_FORM_ESTIMATORS = ("log", "lvc")
+"""The inner estimators whose Hessians the closed form implements (:func:`_inner_hvp`)."""
+
+
+def _check_closed_form(estimator: str) -> None:
+    """A ``ValueError`` unless the closed form implements ``estimator``'s Hessian (dice's is autograd's alone)."""
+    if estimator not in _CLOSED_FORM_ESTIMATORS:
+        raise ValueError(
+            f"the closed-form derivatives implement the log and lvc inner estimators, not {estimator!r}: "
+            "dice needs outer.derivatives: autograd (derivatives='autograd')"
+        )
+
+
 def _inner_hvp(policy: GaussianMLPPolicy, step: _InnerStep, v: Params, estimator: str) -> Params:
     """The inner loss's Hessian (w.r.t. the stacked parameters) times ``v``, per task.
 
     ``log pi = sum_d -z_d^2 / 2 - log_std_d + const``, ``z = (a - mean) exp(-log_std)``: the
     tangents of its scores along ``(J_mean v, v_log_std)`` are pushed back through the network
     with :func:`mlp_hvp`. ``lvc`` adds ``coef_t (score_t . v) score_t`` (its weight
-    ``pi / stop_grad(pi)`` has second derivative 1 in ``log pi``).
+    ``pi / stop_grad(pi)`` has second derivative 1 in ``log pi``). ``dice``'s cross-time terms are
+    not implemented: a ``ValueError``.
     """
+    _check_closed_form(estimator)
     g = step.gauss
     r_mean, hidden = mlp_jvp(policy, step.params, step.cache, v)
     r_log_std = v["log_std"].unsqueeze(1)
@@ -410,6 +426,7 @@ def _inner_hvp(policy: GaussianMLPPolicy, step: _InnerStep, v: Params, estimator
 
 def _through_inner_steps(policy: GaussianMLPPolicy, steps: list[_InnerStep], v: Params, estimator: str) -> Params:
     """``J^T v`` for the inner loop's Jacobian ``J = prod_j (I - alpha_j H_j)`` (each factor symmetric)."""
+    _check_closed_form(estimator)
     for step in reversed(steps):
         hv = _inner_hvp(policy, step, v, estimator)
         v = {name: value - step.lr * hv[name] for name, value in v.items()}
@@ -420,6 +437,7 @@ def _forward_through_inner_steps(
     policy: GaussianMLPPolicy, steps: list[_InnerStep], v: Params, estimator: str
 ) -> Params:
     """``J v``, the factors in the order the inner steps ran."""
+    _check_closed_form(estimator)
     for step in steps:
         hv = _inner_hvp(policy, step, v, estimator)
         v = {name: value - step.lr * hv[name] for name, value in v.items()}
@@ -499,6 +517,7 @@ def _closed_meta_gradient(
     timer: PartTimer | None,
     workers: int,
 ) -> MetaGradient:
+    _check_closed_form(adaptation.inner_estimator)  # first order too: the closed form is for log and lvc
     params = detach_params(policy.params())
     n = len(batch.tasks)
     lrs = inner_step_sizes(adaptation.inner_lr, len(batch.train))
@@ -551,6 +570,7 @@ def _closed_kl_curvature(
     inner: list[list[_InnerStep]] | None,
     workers: int,
 ) -> Callable[[Tensor], Tensor]:
+    _check_closed_form(adaptation.inner_estimator)
     n = len(batch.tasks)
     lrs = inner_step_sizes(adaptation.inner_lr, len(batch.train))
     shared = detach_params(params)
@@ -695,7 +715,9 @@ def meta_gradient(
     ``derivatives="autograd"`` it is that computation value for value: each task's gradient
     is taken w.r.t. its own copy of the parameters, and the copies' gradients are summed in
     task order, as the backward of the whole-batch expansion sums them. ``keep_inner`` keeps
-    the inner steps for :func:`kl_curvature` (closed form, exact curvature).
+    the inner steps for :func:`kl_curvature` (closed form, exact curvature). The closed form
+    implements the ``log`` and ``lvc`` inner estimators (a ``ValueError`` for ``dice``, first order
+    too); autograd differentiates :func:`~metarl.maml.reinforce_loss`, so any estimator.
     """
     slices = task_slices(len(batch.tasks), task_chunk_size(policy, batch, task_chunk))
     if derivatives == "closed_form":
@@ -763,8 +785,9 @@ def kl_curvature(
     safe). ``F_i`` is applied in its Gauss-Newton form, ``J_mean^T diag(exp(-2 log_std)) J_mean``
     averaged over states, plus ``2 I`` on the log-std: at the current parameters it is the
     KL's Hessian exactly (the KL's first derivatives in the mean and log-std vanish there).
-    The closed form applies every factor by hand (:mod:`metarl.policy`); ``derivatives="autograd"``
-    by double backward through small graphs built once at detached parameters.
+    The closed form applies every factor by hand (:mod:`metarl.policy`), for the ``log`` and ``lvc``
+    inner estimators (a ``ValueError`` for ``dice``); ``derivatives="autograd"`` by double backward
+    through small graphs built once at detached parameters, for any estimator.
 
     With ``subsample < 1`` the Fisher uses the first fraction of each task's post-adaptation
     trajectories (an average over states: subsampling it barely changes the step). The inner
@@ -951,8 +974,9 @@ def evaluate_outer(
 ) -> tuple[float, float]:
     """Surrogate loss and mean KL at the policy's current parameters (no graph kept).
 
-    The inner loop runs first order (its value is all that is needed), then one forward of
-    the adapted policies gives both the surrogate and the KL, one chunk of tasks at a time.
+    The inner loop runs first order (its value is all that is needed, the same for every inner
+    estimator, so the closed form serves dice too), then one forward of the adapted policies
+    gives both the surrogate and the KL, one chunk of tasks at a time.
     """
     slices = task_slices(len(batch.tasks), task_chunk_size(policy, batch, task_chunk))
     if derivatives == "closed_form":

@@ -439,7 +439,7 @@ def test_training_resumes_identically_with_learned_state(tmp_path: Path, algorit
 @pytest.mark.parametrize(
     ("overrides", "fragments"),
     [
-        (["maml.algorithm=metasgd"], ["maml.algorithm", "'metasgd' does not apply to maml.loss='pg'", "maml, fomaml"]),
+        (["maml.algorithm=mamlpp"], ["maml.algorithm", "'mamlpp' does not apply to maml.loss='pg'", "maml, fomaml"]),
         (["maml.algorithm=reptile"], ["'reptile' does not apply to maml.loss='pg'"]),
         (["maml.algorithm=fomaml", "maml.first_order=false"], ["maml.first_order", "contradicts", "first order"]),
         (["maml.algorithm=mamlpp", "maml.loss=supervised", "maml.first_order=true"], ["anneals the derivative order"]),

@@ -21,6 +21,7 @@ from benchmarks import (
     bench_learn2learn,
     bench_learning,
     bench_physics,
+    bench_rl_algorithms,
     bench_sinusoid,
     bench_sinusoid_algorithms,
     bench_threads,
@@ -369,6 +370,8 @@ BAD_INPUT: list[tuple[Any, list[str], str]] = [
     (bench_sinusoid_algorithms, ["--shots", "x"], "--shots"),
     (bench_sinusoid_algorithms, ["--set", "maml.adapt_params=[nope]", "--run-dir", "{tmp}"], "nope"),
     (bench_learn2learn, ["--methods", "l2l-anil", "--results", "{tmp}"], "--methods"),
+    (bench_rl_algorithms, ["--variants", "maml-trpo,sac", "--run-dir", "{tmp}"], "--variants"),
+    (bench_rl_algorithms, ["--iterations", "10", "--eval-every", "3", "--run-dir", "{tmp}"], "--eval-every"),
 ]
 
 
@@ -502,3 +505,24 @@ def test_bench_sinusoid_algorithms_reports_a_diverged_training_run(tmp_path: Pat
     assert "| metasgd | 1 | - | nan | training diverged (1/1 seeds) |" in md
     assert "training diverged: iteration 1: post-adaptation MSE is not finite (inf)" in md
     assert "| maml | 1 | - |" in md and "**Target**" not in md
+
+
+def test_bench_rl_algorithms_tiny_curves_and_resume(tmp_path: Path) -> None:
+    """Each variant trains in segments evaluated on the same tasks; a second invocation reuses the points."""
+    args = ["--variants", "maml-trpo,metasgd-trpo,anil-trpo", "--seeds", "0,1", "--iterations", "2"]
+    args += ["--eval-every", "1", "--num-tasks", "3", "--episodes", "2", "--run-dir", str(tmp_path), "--no-progress"]
+    args += ["--set", "maml.meta_batch_size=2", "--set", "maml.episodes_per_task=2", "--set", "env.horizon=10"]
+    assert bench_rl_algorithms.main(args) == 0
+    data = json.loads((tmp_path / "results" / "rl_algorithms.json").read_text())
+    assert [(r["variant"], r["seed"]) for r in data["runs"]] == [
+        (v, s) for v in ("maml-trpo", "metasgd-trpo", "anil-trpo") for s in (0, 1)
+    ]
+    for r in data["runs"]:
+        assert [p["iteration"] for p in r["curve"]] == [1, 2]
+        assert r["env_steps_per_iteration"] == 2 * 2 * 2 * 10 and r["train_seconds"] > 0
+    md = (tmp_path / "results" / "rl_algorithms.md").read_text()
+    assert "| metasgd-trpo |" in md and "env steps to reach maml-trpo's final" in md
+    assert (tmp_path / "results" / "rl_algorithms.png").stat().st_size > 0
+    assert bench_rl_algorithms.main(args) == 0  # nothing left to train: the curves are read back
+    again = json.loads((tmp_path / "results" / "rl_algorithms.json").read_text())
+    assert [r["curve"] for r in again["runs"]] == [r["curve"] for r in data["runs"]]

@@ -364,3 +364,175 @@ def test_paper_size_halfcheetahvel_iteration(tmp_path: Path) -> None:
     (row,) = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert row["perf/env_steps_per_s"] > 0 and np.isfinite(row["meta/return_post"])
     assert 0 < row["trpo/kl"] <= cfg.outer.max_kl * 1.0001
+
+
+# --------------------------------------------------------------------------- rllab options
+
+
+def _reset_states(env_id: str, reset_noise: str, num_resets: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(qpos, qvel)`` after each of ``num_resets`` resets of one single env (seeded once, then continued)."""
+    env = make_single(env_id, reset_noise=reset_noise)
+    qpos, qvel = [], []
+    for k in range(num_resets):
+        env.reset(seed=seed if k == 0 else None)
+        qpos.append(env.data.qpos.copy())
+        qvel.append(env.data.qvel.copy())
+    return np.array(qpos), np.array(qvel)
+
+
+def _excess_kurtosis(x: np.ndarray) -> float:
+    z = (x - x.mean()) / x.std()
+    return float(np.mean(z**4) - 3.0)
+
+
+@pytest.mark.parametrize("env_id", ["metarl/HalfCheetahVel-v0", "metarl/AntVel-v0"])
+def test_rllab_reset_noise_scale_distribution_and_mean(env_id: str) -> None:
+    """rllab's reset_mujoco: qpos = init_qpos + 0.01 N(0,1), qvel = init_qvel + 0.1 N(0,1), on every coordinate.
+
+    With 2000 resets the pooled std has a relative standard error of ~0.5% (qpos: 30000 values for
+    the Ant) and the excess kurtosis one of ~0.03: the 4% and 0.15 tolerances are > 5 standard
+    errors, and gymnasium's uniform noise (std 0.1/sqrt(3), kurtosis -1.2) is far outside both.
+    """
+    n = 2000
+    env = make_single(env_id, reset_noise="rllab")
+    model = env.model
+    numeric = np.array(model.numeric("init_qpos").data) if model.nnumeric else model.qpos0.copy()
+    np.testing.assert_array_equal(env.reset_qpos, numeric)  # the Ant: rllab's bent-leg pose at z = 0.55
+    if "Ant" in env_id:
+        assert env.reset_qpos[2] == 0.55 and not np.array_equal(env.reset_qpos, model.qpos0)
+    qpos, qvel = _reset_states(env_id, "rllab", n, seed=123)
+    for values, mean, scale in ((qpos, env.reset_qpos, 0.01), (qvel, np.zeros(model.nv), 0.1)):
+        noise = values - mean
+        assert abs(noise.std() / scale - 1.0) < 0.04, noise.std()
+        assert abs(_excess_kurtosis(noise.ravel())) < 0.15  # normal, not uniform
+        assert np.all(np.abs(noise.mean(0)) < 5 * scale / np.sqrt(n))  # centred on rllab's init state
+        per_coordinate = noise.std(0) / scale
+        assert np.all(np.abs(per_coordinate - 1.0) < 0.15), per_coordinate  # every coordinate is perturbed
+        assert np.abs(noise).max() > 3.2 * scale  # normal tails
+    # the default is gymnasium's: U(-0.1, 0.1) on qpos around qpos0, 0.1 N(0, 1) on qvel
+    qpos_g, qvel_g = _reset_states(env_id, "gymnasium", n, seed=123)
+    noise_g = qpos_g - model.qpos0
+    assert np.abs(noise_g).max() <= 0.1 and abs(noise_g.std() / (0.1 / np.sqrt(3)) - 1.0) < 0.04
+    assert abs(_excess_kurtosis(noise_g.ravel()) + 1.2) < 0.1
+    assert abs(qvel_g.std() / 0.1 - 1.0) < 0.04
+    default = make_single(env_id)
+    assert default.reset_noise == "gymnasium" and default.forward_velocity == "torso_fd"
+    np.testing.assert_array_equal(
+        default.reset(seed=5)[0], make_single(env_id, reset_noise="gymnasium").reset(seed=5)[0]
+    )
+
+
+@pytest.mark.parametrize("env_id", ["metarl/HalfCheetahVel-v0", "metarl/AntVel-v0"])
+def test_rllab_reset_noise_is_reproducible_from_the_seed(env_id: str) -> None:
+    first, second = _reset_states(env_id, "rllab", 5, seed=7), _reset_states(env_id, "rllab", 5, seed=7)
+    np.testing.assert_array_equal(first[0], second[0])
+    np.testing.assert_array_equal(first[1], second[1])
+    other = _reset_states(env_id, "rllab", 5, seed=8)
+    assert not np.array_equal(first[0], other[0])
+    # the vector form draws each episode's noise as the single env's reset(seed=s_i) does
+    vec = make_batched(env_id, num_envs=3, reset_noise="rllab")
+    vec.reset(seed=[7, 8, 9])
+    for i, seed in enumerate([7, 8, 9]):
+        single = make_single(env_id, reset_noise="rllab")
+        single.reset(seed=seed)
+        np.testing.assert_array_equal(vec.unwrapped._physics.qpos[i], single.data.qpos)
+        np.testing.assert_array_equal(vec.unwrapped._physics.qvel[i], single.data.qvel)
+    vec.close()
+
+
+def _reference_com_velocity(env, body: int) -> tuple[np.ndarray, np.ndarray]:
+    """The torso subtree's COM velocity at ``env``'s state, two ways, on a fresh ``MjData``:
+    MuJoCo's ``mj_subtreeVel`` and a central finite difference of ``subtree_com`` along ``qvel``."""
+    import mujoco
+
+    model, data = env.model, mujoco.MjData(env.model)
+    data.qpos[:], data.qvel[:] = env.data.qpos, env.data.qvel
+    mujoco.mj_forward(model, data)
+    mujoco.mj_subtreeVel(model, data)
+    h, coms = 1e-6, []
+    for sign in (1.0, -1.0):
+        moved = mujoco.MjData(model)
+        moved.qpos[:] = env.data.qpos
+        mujoco.mj_integratePos(model, moved.qpos, env.data.qvel, sign * h)
+        mujoco.mj_kinematics(model, moved)
+        mujoco.mj_comPos(model, moved)
+        coms.append(moved.subtree_com[body].copy())
+    return data.subtree_linvel[body].copy(), (coms[0] - coms[1]) / (2 * h)
+
+
+@pytest.mark.parametrize("env_id", ["metarl/HalfCheetahVel-v0", "metarl/AntVel-v0", "metarl/AntDir-v0"])
+def test_subtree_com_velocity_matches_mujoco_and_differs_from_torso_fd(env_id: str) -> None:
+    """``forward_velocity="subtree_com"``: rllab's get_body_comvel("torso") after the step."""
+    com_env = make_single(env_id, forward_velocity="subtree_com")
+    fd_env = make_single(env_id)
+    task = {"velocity": 1.0} if "Vel" in env_id else {"direction": -1.0}
+    com_env.task = fd_env.task = task
+    com_env.reset(seed=4)
+    fd_env.reset(seed=4)
+    body = com_env.velocity_subtree.body
+    assert com_env.model.body(body).name == "torso"
+    assert com_env.velocity_subtree.bodies.size == com_env.model.nbody - 1  # the whole robot
+    rng = np.random.default_rng(0)
+    gaps = []
+    for _ in range(25):
+        action = rng.uniform(-1.0, 1.0, com_env.action_space.shape).astype(np.float32)
+        _, reward, _, _, info = com_env.step(action)
+        _, _, _, _, fd_info = fd_env.step(action)
+        np.testing.assert_array_equal(com_env.data.qpos, fd_env.data.qpos)  # the option does not touch the physics
+        subtree_linvel, finite_difference = _reference_com_velocity(com_env, body)
+        np.testing.assert_allclose(info["x_velocity"], subtree_linvel[0], rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(info["x_velocity"], finite_difference[0], rtol=1e-6, atol=1e-7)
+        if "y_velocity" in info:
+            np.testing.assert_allclose(info["y_velocity"], subtree_linvel[1], rtol=1e-10, atol=1e-12)
+        expected = -abs(info["x_velocity"] - 1.0) if "Vel" in env_id else -info["x_velocity"]
+        assert info["reward_forward"] == pytest.approx(expected, rel=1e-12)
+        gaps.append(abs(info["x_velocity"] - fd_info["x_velocity"]))
+    # the legs swing: the robot's COM moves unlike the torso (and at the step's end, not on average)
+    assert max(gaps) > 0.05, gaps
+
+
+@pytest.mark.parametrize(
+    ("env_id", "kwargs", "backend"),
+    [
+        ("metarl/HalfCheetahVel-v0", {}, BatchPhysics),
+        ("metarl/HalfCheetahDir-v0", {}, BatchPhysics),
+        ("metarl/AntVel-v0", {}, PerEnvPhysics),
+        ("metarl/AntDir-v0", ANT_NO_CONTACT, BatchPhysics),
+    ],
+)
+def test_rllab_options_single_vs_batched(env_id: str, kwargs: dict, backend: type) -> None:
+    options = {"reset_noise": "rllab", "forward_velocity": "subtree_com", **kwargs}
+    vec = make_batched(env_id, num_envs=1, **options).unwrapped
+    assert isinstance(vec._physics, backend) and vec._probe is not None and vec._reset_noise == "rllab"
+    vec.close()
+    scale = ANT_ACTION_SCALE if "Ant" in env_id else np.full((NUM_ENVS, 1), 1.5)
+    _compare_rollouts(env_id, num_steps=40, action_scale=scale, **options)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"reset_noise": "uniform"}, "reset_noise"), ({"forward_velocity": "com"}, "forward_velocity")],
+)
+def test_bad_rllab_options(kwargs: dict, match: str) -> None:
+    for factory in (AntVelEnv, HalfCheetahVelEnv):
+        with pytest.raises(ValueError, match=match):
+            factory(**kwargs)
+
+
+def test_rllab_env_kwargs_reach_the_sampler_through_the_config() -> None:
+    """``env.kwargs`` from the config (``--set env.kwargs=...``) reach the natively vectorised form."""
+    from metarl.build import make_sampler
+
+    cfg = load_config(
+        "configs/ant_vel.yaml",
+        ["env.kwargs.reset_noise=rllab", "env.kwargs.forward_velocity=subtree_com", "env.horizon=5"],
+    )
+    assert cfg.env.kwargs["frame_skip"] == 2  # the config's other kwargs are kept
+    sampler = make_sampler(cfg, 2, 1)
+    try:
+        env = sampler.env.unwrapped
+        assert isinstance(env, AntVelVectorEnv)
+        assert env._reset_noise == "rllab" and env._probe is not None
+        np.testing.assert_array_equal(env._init_qpos, env.single_env.unwrapped.model.numeric("init_qpos").data)
+    finally:
+        sampler.close()

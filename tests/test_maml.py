@@ -155,12 +155,6 @@ def test_lvc_inner_loss_same_gradient_hessian_adds_score_outer_products(tiny_pol
     torch.testing.assert_close(hv_lvc - hv_log, extra, rtol=1e-10, atol=1e-10)
 
 
-def test_reinforce_loss_rejects_an_unknown_estimator(tiny_policy: GaussianMLPPolicy) -> None:
-    episodes = random_episodes(1, 2, 3, seed=2)
-    with pytest.raises(ValueError, match="estimator must be 'log' or 'lvc', got 'dice'"):
-        reinforce_loss(tiny_policy, stack_params(tiny_policy.params(), 1), episodes, "dice")  # type: ignore[arg-type]
-
-
 # --------------------------------------------------------------------------- learned step sizes, adapted subsets
 
 

@@ -10,9 +10,11 @@ import torch
 from metarl.envs.base import check_task_env
 from metarl.envs.navigation import Navigation2DEnv
 
+from metarl.episodes import Episodes
 from metarl.errors import ConfigError, EnvError
 from metarl.policy import GaussianMLPPolicy, stack_params
-from metarl.sampler import Sampler, make_task_env
+from metarl.sampler import Sampler, budget_rounds, collect_to_budget, make_task_env
+from tests.helpers import random_episodes
 
 
 def test_native_and_generic_sampler_paths_agree(rng: np.random.Generator) -> None:
@@ -104,3 +106,203 @@ def test_env_that_raises_or_returns_nan_is_named(rng: np.random.Generator) -> No
     finally:
         Navigation2DEnv.step = original  # type: ignore[method-assign]
     sampler.close()
+
+
+# --------------------------------------------------------------------------- sample budget (maml.samples_per_task)
+
+# goal_tolerance 0.12: the near goals end many episodes at the first steps; the far goals (0.9, +-0.9) are out of
+# reach within the horizon of 6 steps (0.1 per step), so their episodes always run the full horizon
+BUDGET_TASKS = [
+    {"goal_x": 0.1, "goal_y": 0.0},
+    {"goal_x": 0.9, "goal_y": 0.9},
+    {"goal_x": 0.0, "goal_y": -0.1},
+    {"goal_x": -0.9, "goal_y": 0.9},
+]
+NEAR, FAR = [0, 2], [1, 3]
+BUDGET_B, BUDGET_T = 4, 6
+
+
+def _budget_setup(dtype: torch.dtype = torch.float64) -> tuple[GaussianMLPPolicy, Sampler]:
+    policy = GaussianMLPPolicy(2, 2, (8,)).to(dtype)
+    policy.reset_parameters(torch.Generator().manual_seed(0))
+    sampler = Sampler("metarl/Navigation2D-v0", 4, BUDGET_B, BUDGET_T, env_kwargs={"goal_tolerance": 0.12}, dtype=dtype)
+    return policy, sampler
+
+
+def _budget_collect(sampler, policy: GaussianMLPPolicy, budget: int | None, seed: int = 1, **kwargs):
+    return collect_to_budget(
+        sampler,
+        policy,
+        policy.params(),
+        BUDGET_TASKS,
+        np.random.default_rng(seed),
+        torch.Generator().manual_seed(seed + 1),
+        budget,
+        **kwargs,
+    )
+
+
+def test_budget_is_reached_and_only_short_tasks_get_more_episodes() -> None:
+    policy, sampler = _budget_setup()
+    budget = 20
+    try:
+        plain = _budget_collect(sampler, policy, None)
+        episodes = _budget_collect(sampler, policy, budget)
+    finally:
+        sampler.close()
+    first_counts = plain.mask.sum((0, 2))
+    assert (first_counts[FAR] == BUDGET_T * BUDGET_B).all() and (first_counts[NEAR] < budget).all()
+    t, n, b_total = episodes.mask.shape
+    assert (t, n) == (BUDGET_T, 4) and b_total > BUDGET_B
+    counts = episodes.mask.sum((0, 2))
+    assert (counts >= budget).all(), counts
+    # the first round is the plain sampling, whole
+    for name in ("observations", "actions", "rewards", "mask"):
+        torch.testing.assert_close(getattr(episodes, name)[:, :, :BUDGET_B], getattr(plain, name), rtol=0, atol=0)
+    # the tasks that had enough get nothing more: no valid sample beyond the first B episodes
+    assert episodes.mask[:, FAR, BUDGET_B:].sum() == 0 and (counts[FAR] == first_counts[FAR]).all()
+    lengths = episodes.mask.sum(0)  # [n, B_total]
+    for i in NEAR:
+        kept = lengths[i][lengths[i] > 0]
+        assert kept.sum() >= budget > kept[:-1].sum()  # extra episodes only until the budget is reached
+        assert (lengths[i, : kept.numel()] > 0).all()  # the episodes come first, the empty slots after
+    # empty slots are empty: no valid step, zero values; no slot is empty for every task
+    empty = lengths == 0
+    assert empty.any() and not empty.all(0).any()
+    assert episodes.observations[:, empty].abs().sum() == 0 and episodes.actions[:, empty].abs().sum() == 0
+    assert episodes.rewards[:, empty].abs().sum() == 0
+
+
+def test_budget_sampling_is_deterministic_and_reads_the_samplers_budget() -> None:
+    policy, sampler = _budget_setup()
+    try:
+        first = _budget_collect(sampler, policy, 20, seed=5)
+        second = _budget_collect(sampler, policy, 20, seed=5)
+        sampler.samples_per_task = 20  # what the trainer sets from maml.samples_per_task
+        from_attribute = _budget_collect(sampler, policy, None, seed=5)
+        other = _budget_collect(sampler, policy, 20, seed=6)
+        sampler.samples_per_task = None
+        plain = _budget_collect(sampler, policy, None, seed=5)
+    finally:
+        sampler.close()
+    for name in ("observations", "actions", "rewards", "mask"):
+        torch.testing.assert_close(getattr(first, name), getattr(second, name), rtol=0, atol=0)
+        torch.testing.assert_close(getattr(first, name), getattr(from_attribute, name), rtol=0, atol=0)
+    assert not torch.equal(first.actions[:, :, :BUDGET_B], other.actions[:, :, :BUDGET_B])
+    assert plain.episodes_per_task == BUDGET_B  # no budget: exactly sampler.collect
+
+
+def test_budget_stops_after_the_round_limit_with_a_warning() -> None:
+    policy, sampler = _budget_setup()
+    calls = []
+    real_collect = sampler.collect
+
+    def counting_collect(*args, **kwargs):
+        calls.append(1)
+        return real_collect(*args, **kwargs)
+
+    sampler.collect = counting_collect  # type: ignore[method-assign]
+    budget = 2 * BUDGET_T * BUDGET_B  # two rounds of the far tasks' full-length episodes
+    try:
+        with pytest.warns(RuntimeWarning, match="samples_per_task=48: 2 of 4 tasks have fewer"):
+            limited = _budget_collect(sampler, policy, budget, max_rounds=3)
+    finally:
+        sampler.close()
+    assert len(calls) == 3 and budget_rounds(budget, BUDGET_T, BUDGET_B) == 8
+    counts = limited.mask.sum((0, 2))
+    assert (counts[FAR] == budget).all() and (counts[NEAR] < budget).all()  # what there is, returned
+    assert limited.episodes_per_task <= 3 * BUDGET_B
+
+
+def _with_empty_episodes(episodes: Episodes, slots: list[int]) -> Episodes:
+    """``episodes`` with fully masked, zero episodes inserted at ``slots`` of the enlarged ``B`` axis."""
+    b = episodes.episodes_per_task + len(slots)
+    real = [j for j in range(b) if j not in slots]
+    out = {}
+    for name in ("observations", "actions", "rewards", "mask"):
+        value = getattr(episodes, name)
+        wide = torch.zeros(value.shape[0], value.shape[1], b, *value.shape[3:], dtype=value.dtype)
+        wide[:, :, real] = value
+        out[name] = wide
+    return Episodes(**out)
+
+
+def test_empty_episodes_change_no_advantage_loss_or_metric(tiny_policy: GaussianMLPPolicy) -> None:
+    """Fully masked episodes (what the budget pads tasks with) are invisible to every consumer (float64)."""
+    from metarl.advantages import process
+    from metarl.maml import log_probs, mean_kl, old_policy, reinforce_loss, surrogate_loss
+    from metarl.trainer import episode_metrics, mean_episode_return
+    from metarl.trpo import adapt_first_order
+
+    base = random_episodes(n=3, b=4, t=7, seed=11)
+    raw = Episodes(base.observations, base.actions, base.rewards, base.mask)
+    slots = [1, 4, 6, 7]
+    padded_raw = _with_empty_episodes(raw, slots)
+    real = [j for j in range(8) if j not in slots]
+    tight = {"rtol": 1e-12, "atol": 1e-12}
+    for normalize in (True, False):
+        plain = process(raw, gamma=0.9, gae_lambda=0.95, normalize=normalize)
+        padded = process(padded_raw, gamma=0.9, gae_lambda=0.95, normalize=normalize)
+        torch.testing.assert_close(padded.advantages[:, :, real], plain.advantages, **tight)
+        torch.testing.assert_close(padded.returns[:, :, real], plain.returns, **tight)
+        assert padded.advantages[:, :, slots].abs().sum() == 0
+    params = tiny_policy.params()
+    stacked = {k: v.detach().unsqueeze(0).expand(3, *v.shape).clone() for k, v in params.items()}
+    torch.testing.assert_close(
+        reinforce_loss(tiny_policy, stacked, padded), reinforce_loss(tiny_policy, stacked, plain), **tight
+    )
+    torch.testing.assert_close(
+        reinforce_loss(tiny_policy, stacked, padded, "lvc"), reinforce_loss(tiny_policy, stacked, plain, "lvc"), **tight
+    )
+    moved = {k: v + 0.05 for k, v in stacked.items()}
+    old_plain, old_padded = old_policy(tiny_policy, stacked, plain), old_policy(tiny_policy, stacked, padded)
+    torch.testing.assert_close(
+        surrogate_loss(tiny_policy, moved, padded, old_padded),
+        surrogate_loss(tiny_policy, moved, plain, old_plain),
+        **tight,
+    )
+    torch.testing.assert_close(
+        mean_kl(tiny_policy, moved, padded, old_padded), mean_kl(tiny_policy, moved, plain, old_plain), **tight
+    )
+    assert log_probs(tiny_policy, stacked, padded)[0].isfinite().all()
+    adapted_plain = adapt_first_order(tiny_policy, params, [plain], [0.5])
+    adapted_padded = adapt_first_order(tiny_policy, params, [padded], [0.5])
+    for name in adapted_plain:
+        torch.testing.assert_close(adapted_padded[name], adapted_plain[name], **tight)
+    assert episode_metrics(padded, "pre") == pytest.approx(episode_metrics(plain, "pre"), rel=1e-12)
+    assert mean_episode_return(padded) == pytest.approx(mean_episode_return(plain), rel=1e-12)
+
+
+def test_budget_through_the_config_and_training(tmp_path) -> None:
+    """``--set maml.samples_per_task=...`` reaches the training sampler; the per-task episode counts are logged."""
+    import json
+
+    from metarl.config import load_config
+    from metarl.errors import ConfigError as Invalid
+    from metarl.trainer import train
+
+    with pytest.raises(Invalid, match="samples_per_task"):
+        load_config(None, ["maml.samples_per_task=0"])
+    assert load_config(None, []).maml.samples_per_task is None
+    overrides = [
+        "env.id=metarl/Navigation2D-v0",
+        "env.kwargs={goal_tolerance: 0.12}",
+        "env.horizon=6",
+        "maml.meta_batch_size=3",
+        "maml.episodes_per_task=2",
+        "maml.samples_per_task=10",
+        "policy.hidden_sizes=[8]",
+        "train.iterations=2",
+    ]
+    cfg = load_config(None, overrides)
+    assert cfg.maml.samples_per_task == 10
+    train(cfg, tmp_path, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2
+    for row in rows:
+        for when in ("pre", "post"):
+            assert row[f"episodes/per_task_{when}"] >= 2
+            assert row[f"episodes/samples_per_task_{when}"] >= 10
+            assert row[f"episodes/short_of_budget_{when}"] == 0.0
+            assert 0 < row[f"episodes/length_{when}"] <= 6
+    assert any(row["episodes/per_task_pre"] > 2 for row in rows)

@@ -179,7 +179,7 @@ def test_float64_trains_and_evaluates_through_the_command_line(tmp_path: Path, c
     assert all({"step", "mean_return", "ci95"} <= set(s) for s in result["steps"])
     assert result["iteration"] == 2
     out = capsys.readouterr()
-    assert "| MAML |" in out.out and "error" not in out.err
+    assert "| maml |" in out.out and "error" not in out.err
 
 
 def test_resume_through_the_command_line_is_identical(tmp_path: Path, capsys) -> None:
