@@ -133,6 +133,13 @@ def stack_params(params: Params, n: int) -> Params:
     return {k: v.unsqueeze(0).expand(n, *v.shape) for k, v in params.items()}
 
 
+def copy_parameters(source: nn.Module, target: nn.Module) -> None:
+    """Copy ``source``'s parameter values into ``target``'s, in place (e.g. a learner replica on another device)."""
+    with torch.no_grad():
+        for s, t in zip(source.parameters(), target.parameters(), strict=True):
+            t.copy_(s)
+
+
 def detach_params(params: Params) -> Params:
     """Detached copies (no graph) of every parameter tensor."""
     return {k: v.detach() for k, v in params.items()}

@@ -43,7 +43,7 @@ from metarl.maml import (
     reinforce_loss,
     task_kls,
 )
-from metarl.policy import GaussianMLPPolicy, Params, is_stacked, stack_params
+from metarl.policy import GaussianMLPPolicy, Params, copy_parameters, is_stacked, stack_params
 
 if TYPE_CHECKING:
     from metarl.config import Config, PrompConfig
@@ -207,12 +207,6 @@ def promp_loss(
     return PrompLoss(objective, surrogate, inner_kls, outer_kl, fraction)
 
 
-def _copy_parameters(source: GaussianMLPPolicy, target: GaussianMLPPolicy) -> None:
-    with torch.no_grad():
-        for s, t in zip(source.parameters(), target.parameters(), strict=True):
-            t.copy_(s)
-
-
 def promp_step(
     policy: GaussianMLPPolicy,
     optimizer: torch.optim.Optimizer,
@@ -238,7 +232,7 @@ def promp_step(
     first: PrompLoss | None = None
     for step in range(settings.num_steps):
         if step > 0 and model is not policy:
-            _copy_parameters(policy, model)
+            copy_parameters(policy, model)
         loss = promp_loss(model, model.params(), batch, sampling, adaptation, kl_coeffs, settings.clip_eps)
         if not torch.isfinite(loss.objective):
             raise FloatingPointError(f"ProMP objective is not finite at step {step + 1} ({loss.objective.item()})")
@@ -253,7 +247,7 @@ def promp_step(
             first = loss
     assert first is not None
     if model is not policy:
-        _copy_parameters(policy, model)
+        copy_parameters(policy, model)
     # the values after the steps: first order on leaf copies (each inner step needs its gradient, so no no_grad)
     leaves = {name: p.detach().requires_grad_() for name, p in model.params().items()}
     after = promp_loss(model, leaves, batch, sampling, adaptation, kl_coeffs, settings.clip_eps, first_order=True)

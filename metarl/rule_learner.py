@@ -35,7 +35,7 @@ from metarl.maml import (
     task_surrogates_and_kls,
 )
 from metarl.policy import GaussianMLPPolicy, Params, detach_params, stack_params
-from metarl.trpo import TRPOSettings, conjugate_gradient, next_shrink, task_major_batch
+from metarl.trpo import TRPOSettings, conjugate_gradient, line_search, task_major_batch
 
 __all__ = ["adam_step", "gauss_newton_curvature", "meta_objective", "trpo_step"]
 
@@ -162,27 +162,13 @@ def trpo_step(
     _check("step curvature", shs)
     full_step = step_dir * torch.sqrt(settings.max_kl / shs.clamp_min(1e-12))
     start = [p.detach().clone() for p in meta]
-    old_loss = loss.item()
-    stats = {"loss_before": old_loss, "ls_steps": float(settings.ls_max_steps), "accepted": 0.0}
-    scale = 1.0
-    with torch.no_grad():
-        steps = _split(full_step, meta)
-    for j in range(settings.ls_max_steps):
+
+    def move(step: Tensor) -> None:
         with torch.no_grad():
-            for p, p0, s in zip(meta, start, steps):
-                p.copy_(p0 + scale * s)
-        new_loss, new_kl = _evaluate(policy, batch, adaptation, old)
-        if math.isfinite(new_loss) and new_loss < old_loss and new_kl <= settings.max_kl:
-            stats.update(loss_after=new_loss, kl=new_kl, ls_steps=float(j), accepted=1.0)
-            break
-        scale *= next_shrink(new_kl, settings.max_kl, settings.ls_backtrack)
-    else:
-        with torch.no_grad():
-            for p, p0 in zip(meta, start):
-                p.copy_(p0)
-        stats.update(loss_after=old_loss, kl=0.0)
-    stats["improvement"] = stats["loss_before"] - stats["loss_after"]
-    return stats
+            for p, p0, part in zip(meta, start, _split(step, meta)):
+                p.copy_(p0 + part)
+
+    return line_search(full_step, loss.item(), move, lambda: _evaluate(policy, batch, adaptation, old), settings)
 
 
 def adam_step(

@@ -18,7 +18,7 @@ from metarl.episodes import Episodes, OnDevice
 from metarl.errors import CheckpointError, ConfigError
 from metarl.loop import Algorithm, Log, TrainResult, _stderr, run_training
 from metarl.maml import AdaptationSettings, MetaBatch, sample_meta_batch
-from metarl.policy import GaussianMLPPolicy, Params, learner_device
+from metarl.policy import GaussianMLPPolicy, Params, copy_parameters, learner_device
 from metarl.promp import ProMP
 from metarl.sampler import Sampler, torch_threads
 from metarl.trpo import adam_step, trpo_step
@@ -106,18 +106,12 @@ class PolicyGradientMAML(Algorithm):
             )
         self.step_sizes.load_state(state["step_sizes"])
 
-    @staticmethod
-    def _copy_parameters(source: GaussianMLPPolicy, target: GaussianMLPPolicy) -> None:
-        with torch.no_grad():
-            for s, t in zip(source.parameters(), target.parameters()):
-                t.copy_(s)
-
     def iteration(self, it: int) -> dict[str, float]:
         """Sample tasks, sample and adapt, one meta-update; returns the iteration's scalars."""
         rng, generator = build.iteration_rngs(self.config.train.seed, it)
         tasks = self.task_env.unwrapped.sample_tasks(self.config.maml.meta_batch_size, rng)  # type: ignore[attr-defined]
         if self.learner is not self.policy:
-            self._copy_parameters(self.policy, self.learner)
+            copy_parameters(self.policy, self.learner)
         t0, collected = time.perf_counter(), self.sampler.collect_seconds
         adaptation = self.rule_adaptation(it)
         batch, used = sample_meta_batch(
@@ -141,7 +135,7 @@ class PolicyGradientMAML(Algorithm):
         elif self.optimizer is None:
             stats = trpo_step(self.learner, batch, adaptation, self.trpo)
             if self.learner is not self.policy:
-                self._copy_parameters(self.learner, self.policy)
+                copy_parameters(self.learner, self.policy)
         else:
             stats = adam_step(
                 self.policy, self.optimizer, batch, adaptation, self.trpo.derivatives, learner=self.learner

@@ -927,24 +927,44 @@ def _trpo_step(
     full_step = step_dir * torch.sqrt(settings.max_kl / shs.clamp_min(1e-12))
 
     old_flat = flatten(params).detach().clone()
-    old_loss = meta.loss.item()
+
+    def measure() -> tuple[float, float]:
+        with _timed(timer, "line_search"):
+            if (settings.task_chunk, settings.derivatives, settings.workers) == (0, "closed_form", 0):
+                return evaluate_outer(policy, batch, adaptation, meta.old)
+            return evaluate_outer(
+                policy, batch, adaptation, meta.old, settings.task_chunk, settings.derivatives, settings.workers
+            )
+
+    return line_search(
+        full_step, meta.loss.item(), lambda step: set_flat_params(policy, old_flat + step), measure, settings
+    )
+
+
+def line_search(
+    full_step: Tensor,
+    old_loss: float,
+    move: Callable[[Tensor], None],
+    measure: Callable[[], tuple[float, float]],
+    settings: TRPOSettings,
+) -> dict[str, float]:
+    """TRPO's backtracking line search: accept the first ``scale * full_step`` that improves the surrogate
+    with mean KL <= ``max_kl``, else go back to the start.
+
+    ``move(step)`` puts the meta-parameters at their starting point plus ``step``; ``measure()``
+    returns the surrogate loss and mean KL there. Returns the statistics every TRPO step logs.
+    """
     stats = {"loss_before": old_loss, "ls_steps": float(settings.ls_max_steps), "accepted": 0.0}
     scale = 1.0
     for j in range(settings.ls_max_steps):
-        set_flat_params(policy, old_flat + scale * full_step)
-        with _timed(timer, "line_search"):
-            if (settings.task_chunk, settings.derivatives, settings.workers) == (0, "closed_form", 0):
-                new_loss, new_kl = evaluate_outer(policy, batch, adaptation, meta.old)
-            else:
-                new_loss, new_kl = evaluate_outer(
-                    policy, batch, adaptation, meta.old, settings.task_chunk, settings.derivatives, settings.workers
-                )
+        move(scale * full_step)
+        new_loss, new_kl = measure()
         if math.isfinite(new_loss) and new_loss < old_loss and new_kl <= settings.max_kl:
             stats.update(loss_after=new_loss, kl=new_kl, ls_steps=float(j), accepted=1.0)
             break
         scale *= next_shrink(new_kl, settings.max_kl, settings.ls_backtrack)
     else:
-        set_flat_params(policy, old_flat)
+        move(torch.zeros_like(full_step))
         stats.update(loss_after=old_loss, kl=0.0)
     stats["improvement"] = stats["loss_before"] - stats["loss_after"]
     return stats

@@ -74,3 +74,14 @@ def untrained_run(root: Path, *overrides: str, obs_dim: int, act_dim: int, confi
 def step_rows(values: list[float], key: str = "mean_return", ci: float = 1.0) -> list[dict[str, Any]]:
     """Evaluation ``steps`` rows: ``{"step": k, key: value, "ci95": ci}``."""
     return [{"step": k, key: v, "ci95": ci} for k, v in enumerate(values)]
+
+
+def assert_train_refuses(
+    capsys: pytest.CaptureFixture[str], run_dir: Path, overrides: list[str], *fragments: str
+) -> None:
+    """``metarl train`` with these ``--set`` overrides stops with one error line naming the fragments, and
+    creates no run directory."""
+    argv = ["train", "--run-dir", str(run_dir), "--no-progress"]
+    code, _, err = run_cli(capsys, *argv, *(a for o in overrides for a in ("--set", o)))
+    assert_one_error_line(code, err, *fragments)
+    assert not run_dir.exists()
