@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from metarl.errors import MetarlError, RunDirError
+from metarl.errors import ConfigError, MetarlError, RunDirError
 
 if TYPE_CHECKING:
     from metarl.config import Config
@@ -151,18 +151,36 @@ def resume_config(run_dir: Path, config_path: Path | None, overrides: list[str])
     raise RunDirError(f"nothing to resume in {run_dir}: it {where}; start a new run without --resume")
 
 
+EVALUATE_SETTABLE = ("env.", "eval.", "sampler.")
+"""The config sections ``metarl evaluate --set`` may change; the checkpoint fixes the model and training."""
+
+
+def evaluation_config(config: Config, overrides: list[str]) -> Config:
+    """The checkpoint's config with ``metarl evaluate``'s ``--set`` overrides (env, eval and sampler keys only),
+    e.g. ``env.kwargs.split=test`` for Meta-World's held-out goals or skills."""
+    from metarl.config import apply_overrides, from_dict, to_dict
+
+    for item in overrides:
+        if not item.split("=", 1)[0].strip().startswith(EVALUATE_SETTABLE):
+            raise ConfigError(
+                f"metarl evaluate --set {item}: only env.*, eval.* and sampler.* keys can change at evaluation "
+                "(the checkpoint fixes the model and its training)"
+            )
+    return from_dict(apply_overrides(to_dict(config), overrides)) if overrides else config
+
+
 def cmd_evaluate(args: argparse.Namespace, log: Callable[[str], None]) -> int:
     """Few-shot evaluation of a run's checkpoint; writes ``evaluation.json`` and prints the table."""
     from metarl.algorithms import algorithm_name, checkpoint_inner_rule
     from metarl.checkpoint import load_checkpoint
-    from metarl.evaluation import evaluate_adaptation, markdown_table, returns_by_task_parameter
+    from metarl.evaluation import evaluate_adaptation, markdown_table, returns_by_task_parameter, success_by_skill
     from metarl.policy import GaussianMLPPolicy
     from metarl.reporting import write_json
 
     checkpoint = load_checkpoint(args.run_dir)
     for line in checkpoint.skipped:
         log(f"note: skipped unreadable checkpoint: {line}")
-    config = checkpoint.config
+    config = evaluation_config(checkpoint.config, args.set)
     if config.maml.loss == "classification":
         import torch
 
@@ -205,6 +223,13 @@ def cmd_evaluate(args: argparse.Namespace, log: Callable[[str], None]) -> int:
             rule=checkpoint_inner_rule(checkpoint),
         )
         table = markdown_table({algorithm_name(config.maml): result})
+        if "per_task_success" in result:
+            table += "\n\nSuccess rate (any step of the episode):\n\n" + markdown_table(
+                {algorithm_name(config.maml): result}, key="success_rate", ci_key="success_ci95"
+            )
+            by_skill = success_by_skill(result)
+            if by_skill is not None:
+                table += "\n\nBy skill:\n\n" + by_skill
         lengths = " / ".join(
             f"{s['mean_length']:.1f} ({100 * s['terminated_early']:.0f}% ended early)" for s in result["steps"]
         )
@@ -327,6 +352,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_run_dir(p, True, "run directory or checkpoint file")
     add_eval_flags(p)
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override an env.*, eval.* or sampler.* key of the run's config, e.g. env.kwargs.split=test "
+        "(Meta-World's held-out goals or skills)",
+    )
     p.add_argument("--results", type=Path, help="where to write evaluation.json (default: the run directory)")
     add_common(p)
     p.set_defaults(func=cmd_evaluate)

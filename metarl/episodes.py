@@ -17,6 +17,8 @@ class Episodes:
     Every tensor is time-major ``[T, n, B, ...]``. ``mask`` is 1 while an episode runs and 0
     after it terminated; padded steps carry finite values that every consumer multiplies by
     the mask. ``returns`` and ``advantages`` are filled in by :func:`metarl.advantages.process`.
+    ``success`` is the env's ``info["success"]`` at each step (1 or 0; 0 on padded steps) when
+    the env reports one (Meta-World), else ``None``.
     """
 
     observations: Tensor
@@ -25,6 +27,7 @@ class Episodes:
     mask: Tensor
     returns: Tensor | None = None
     advantages: Tensor | None = None
+    success: Tensor | None = None
 
     @property
     def horizon(self) -> int:
@@ -49,6 +52,13 @@ class Episodes:
     def episode_returns(self) -> Tensor:
         """Undiscounted return of every episode, ``[n, B]``."""
         return (self.rewards * self.mask).sum(0)
+
+    def episode_success(self) -> Tensor | None:
+        """Whether each episode succeeded at any of its steps (Meta-World's definition), ``[n, B]`` of 0/1;
+        ``None`` when the env reports no success."""
+        if self.success is None:
+            return None
+        return (self.success * self.mask).amax(0)
 
     def subsample(self, episodes_per_task: int) -> Episodes:
         """The first ``episodes_per_task`` episodes of every task (a view, no copy)."""

@@ -17,7 +17,7 @@ from metarl.config import Config
 from metarl.maml import sample_meta_batch
 from metarl.policy import GaussianMLPPolicy
 
-METRIC_NAMES = {"mean_return": "return", "mse": "MSE", "accuracy": "accuracy"}
+METRIC_NAMES = {"mean_return": "return", "mse": "MSE", "accuracy": "accuracy", "success_rate": "success rate"}
 """How a result key is named in tables and figures."""
 
 MISSING = "–"
@@ -61,6 +61,9 @@ def evaluate_adaptation(
     Returns ``{"steps": [{"step": k, "mean_return": x, "ci95": h}, ...], "per_task": [[...], ...],
     "tasks": [...]}``, where the confidence interval is over tasks (each task's return averaged
     over its episodes) and ``per_task[k][i]`` is task ``tasks[i]``'s return after ``k`` steps.
+    When the env reports ``info["success"]`` (Meta-World), each step also has ``success_rate``
+    and ``success_ci95`` (an episode succeeds if any of its steps does; the rate is averaged
+    over a task's episodes, the CI is over tasks) and ``per_task_success`` is set like ``per_task``.
     Task values are kept as the env gives them (numbers, numpy arrays, lists, strings); write
     the result with :func:`metarl.reporting.write_json`. Arguments left as ``None`` come from
     ``config.eval`` / ``config.maml``.
@@ -93,23 +96,30 @@ def evaluate_adaptation(
         sampler.close()
     sets = [*batch.train, batch.valid]
     per_task = [ep.episode_returns().mean(1).double().numpy() for ep in sets]
+    successes = [ep.episode_success() for ep in sets]
+    per_task_success = [None if s is None else s.double().mean(1).numpy() for s in successes]
     steps = []
-    for k, (returns, step_set) in enumerate(zip(per_task, sets, strict=True)):
+    for k, (returns, success, step_set) in enumerate(zip(per_task, per_task_success, sets, strict=True)):
         mean, ci = mean_ci95(returns)
         lengths = step_set.mask.sum(0)
         early = (lengths < step_set.mask.shape[0]).double().mean().item()
-        steps.append(
-            {
-                "step": k,
-                "mean_return": mean,
-                "ci95": ci,
-                "mean_length": lengths.mean().item(),
-                "terminated_early": early,
-            }
-        )
+        step: dict[str, Any] = {
+            "step": k,
+            "mean_return": mean,
+            "ci95": ci,
+            "mean_length": lengths.mean().item(),
+            "terminated_early": early,
+        }
+        if success is not None:
+            step["success_rate"], step["success_ci95"] = mean_ci95(success)
+        steps.append(step)
+    extra: dict[str, Any] = {}
+    if all(s is not None for s in per_task_success):
+        extra["per_task_success"] = [s.tolist() for s in per_task_success if s is not None]
     return {
         "steps": steps,
         "per_task": [r.tolist() for r in per_task],
+        **extra,
         "tasks": [dict(t) for t in tasks],
         "num_tasks": num_tasks,
         "episodes_per_step": episodes,
@@ -118,10 +128,13 @@ def evaluate_adaptation(
     }
 
 
-def markdown_table(results: Mapping[str, Mapping[str, Any]], key: str = "mean_return", digits: int = 2) -> str:
-    """Markdown table of ``key`` ± 95% CI over tasks after each inner step, one row per method.
+def markdown_table(
+    results: Mapping[str, Mapping[str, Any]], key: str = "mean_return", digits: int = 2, ci_key: str = "ci95"
+) -> str:
+    """Markdown table of ``key`` ± 95% CI (``ci_key``) over tasks after each inner step, one row per method.
 
-    ``key`` is ``"mean_return"`` (RL), ``"mse"`` or ``"accuracy"`` (supervised); the first
+    ``key`` is ``"mean_return"`` (RL), ``"success_rate"`` (with ``ci_key="success_ci95"``),
+    ``"mse"`` or ``"accuracy"`` (supervised); the first
     header cell names it, e.g. ``method (mean MSE ± 95% CI over tasks)``. The columns are every
     step any method was evaluated at; a method evaluated at fewer steps (an oracle, evaluated
     without adaptation at step 0 only) shows ``–`` in the other columns instead of repeating
@@ -135,7 +148,7 @@ def markdown_table(results: Mapping[str, Mapping[str, Any]], key: str = "mean_re
     for name, result in results.items():
         by_step = {int(s["step"]): s for s in result["steps"]}
         cells = [
-            f"{by_step[k][key]:.{digits}f} ± {by_step[k]['ci95']:.{digits}f}" if k in by_step else MISSING
+            f"{by_step[k][key]:.{digits}f} ± {by_step[k][ci_key]:.{digits}f}" if k in by_step else MISSING
             for k in steps
         ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -205,4 +218,36 @@ def returns_by_task_parameter(result: Mapping[str, Any], num_bins: int = 4) -> s
     for name, chunk in zip(names, groups):
         cells = " | ".join(f"{per_task[k, chunk].mean():.2f}" for k in range(num_steps))
         lines.append(f"| {name} | {chunk.size} | {cells} |")
+    return "\n".join(lines)
+
+
+def success_by_skill(result: Mapping[str, Any]) -> str | None:
+    """Markdown table of the success rate and return after each step, one row per skill (Meta-World ML10).
+
+    ``result`` is :func:`evaluate_adaptation`'s output. ``None`` unless the tasks name a
+    ``skill``, at least two skills are present and the env reported success.
+    """
+    tasks = result.get("tasks", [])
+    if "per_task_success" not in result or not tasks or any("skill" not in t for t in tasks):
+        return None
+    skills = [str(t["skill"]) for t in tasks]
+    names = sorted(set(skills))
+    if len(names) < 2:
+        return None
+    success = np.asarray(result["per_task_success"], dtype=np.float64)  # [steps, tasks]
+    returns = np.asarray(result["per_task"], dtype=np.float64)
+    num_steps = success.shape[0]
+    header = (
+        "| skill | tasks | "
+        + " | ".join(f"success {steps_label(k)}" for k in range(num_steps))
+        + " | "
+        + " | ".join(f"return {steps_label(k)}" for k in range(num_steps))
+        + " |"
+    )
+    lines = [header, "|---" * (2 * num_steps + 2) + "|"]
+    for name in names:
+        chunk = np.flatnonzero(np.array([s == name for s in skills]))
+        cells = [f"{success[k, chunk].mean():.2f}" for k in range(num_steps)]
+        cells += [f"{returns[k, chunk].mean():.1f}" for k in range(num_steps)]
+        lines.append(f"| {name} | {chunk.size} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -53,7 +53,7 @@ from metarl.sampler import (
 )
 
 FIELDS = ("observations", "actions", "rewards", "mask")
-"""The tensors of an :class:`Episodes` block that actors send back."""
+"""The tensors of an :class:`Episodes` block that actors send back (and ``success`` when the env reports it)."""
 
 
 def require_ray() -> Any:
@@ -191,6 +191,8 @@ class SamplingWorker:
                 noise_seeds,
             )
         out: dict[str, Any] = {name: getattr(episodes, name).numpy() for name in FIELDS}
+        if episodes.success is not None:
+            out["success"] = episodes.success.numpy()
         out["seconds"] = time.perf_counter() - began
         return out
 
@@ -390,12 +392,13 @@ class RaySampler:
                 )
             self._restart(k)
             pending[submit(k)] = k
+        names = FIELDS + (("success",) if all(r is not None and "success" in r for r in results) else ())
         for result in results:
             assert result is not None
-            self.stats.bytes_from_workers += sum(result[name].nbytes for name in FIELDS)
+            self.stats.bytes_from_workers += sum(result[name].nbytes for name in names)
         blocks = {
             name: torch.from_numpy(np.concatenate([r[name] for r in results if r is not None], axis=1))
-            for name in FIELDS
+            for name in names
         }
         elapsed = time.perf_counter() - began
         self.stats.collects += 1

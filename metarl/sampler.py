@@ -219,7 +219,8 @@ def rollout(
     _check_finite("observation", obs_np, env_id, tasks, b, 0)
     noise = episode_noise(noise_seeds, horizon, policy.act_dim, dtype).view(horizon, n, b, -1)
     alive = torch.ones(n, b, dtype=dtype)
-    observations, actions, rewards, masks = [], [], [], []
+    observations, actions, rewards, masks, successes = [], [], [], [], []
+    reports_success = False
     with torch.no_grad():
         for t in range(horizon):
             obs = torch.as_tensor(np.asarray(obs_np), dtype=dtype).view(n, b, -1)
@@ -231,7 +232,7 @@ def rollout(
                     "(an inner step size maml.inner_lr too large?)"
                 )
             step_input = action.view(n * b, -1).numpy()
-            obs_np, reward, terminated, truncated, _ = _guarded(
+            obs_np, reward, terminated, truncated, info = _guarded(
                 lambda step_input=step_input: env.step(step_input), "step", env_id, tasks
             )
             _check_finite("reward", reward, env_id, tasks, b, t)
@@ -240,11 +241,30 @@ def rollout(
             actions.append(action)
             rewards.append(torch.as_tensor(np.asarray(reward), dtype=dtype).view(n, b))
             masks.append(alive)
+            flags = success_flags(info, n * b)
+            reports_success = reports_success or flags is not None
+            successes.append(
+                torch.zeros(n, b, dtype=dtype) if flags is None else torch.as_tensor(flags, dtype=dtype).view(n, b)
+            )
             done = torch.as_tensor(np.logical_or(terminated, truncated)).view(n, b)
             alive = alive * (~done).to(dtype)
     rewards_t = stack_time(rewards)
     mask_t = stack_time(masks)
-    return Episodes(stack_time(observations), stack_time(actions), rewards_t * mask_t, mask_t)
+    success = stack_time(successes) * mask_t if reports_success else None
+    return Episodes(stack_time(observations), stack_time(actions), rewards_t * mask_t, mask_t, success=success)
+
+
+def success_flags(info: dict[str, Any], num_envs: int) -> np.ndarray | None:
+    """``info["success"]`` of a vector env step as ``num_envs`` 0/1 values; ``None`` if no sub-env reports it.
+
+    Gymnasium's vector envs put a sub-env's info key in an array with a ``"_success"`` mask of the
+    sub-envs that returned it; a sub-env without it counts as 0 (a reset step, which the mask drops).
+    """
+    if "success" not in info:
+        return None
+    values = np.asarray(info["success"], dtype=np.float64).reshape(num_envs)
+    present = np.asarray(info.get("_success", np.ones(num_envs, dtype=bool)), dtype=bool).reshape(num_envs)
+    return np.where(present & (values > 0), 1.0, 0.0)
 
 
 def _guarded(call: Any, where: str, env_id: str, tasks: Sequence[Task]) -> Any:
@@ -385,6 +405,7 @@ def _drop_episodes(episodes: Episodes, keep: torch.Tensor) -> Episodes:
         episodes.actions * step.unsqueeze(-1).to(episodes.actions.dtype),
         episodes.rewards * step.to(episodes.rewards.dtype),
         episodes.mask * step,
+        success=None if episodes.success is None else episodes.success * step,
     )
 
 
@@ -451,7 +472,7 @@ def collect_to_budget(
         )
     if len(blocks) == 1:
         return first
-    fields = ("observations", "actions", "rewards", "mask")
+    fields = ("observations", "actions", "rewards", "mask") + (("success",) if first.success is not None else ())
     merged = {name: torch.cat([getattr(b, name) for b in blocks], 2) for name in fields}
     used = merged["mask"].sum(0).gt(0).any(0)  # [B_total]: slots that hold an episode of some task
     if not bool(used.all()):

@@ -44,6 +44,8 @@ class PolicyGradientMAML(Algorithm):
     progress_keys = {
         "meta/return_pre": "return before",
         "meta/return_post": "after adaptation",
+        "episodes/success_pre": "success before",
+        "episodes/success_post": "success after",
         "perf/env_steps_per_s": "env steps/s",
     }
     policy: GaussianMLPPolicy
@@ -190,16 +192,22 @@ def mean_episode_return(episodes: Episodes) -> float:
 
 
 def episode_metrics(episodes: Episodes, when: str) -> dict[str, float]:
-    """Mean episode length and the fraction of episodes that ended before the horizon (terminated).
+    """Mean episode length, the fraction of episodes that ended before the horizon (terminated), and,
+    when the env reports ``info["success"]`` (Meta-World), the fraction that succeeded at some step.
 
     Over the episodes only: an empty slot (:func:`real_episodes`) is not an episode.
     """
-    lengths = episodes.mask.sum(0)[real_episodes(episodes)]  # the episodes' lengths
+    real = real_episodes(episodes)
+    lengths = episodes.mask.sum(0)[real]  # the episodes' lengths
     horizon = episodes.mask.shape[0]
-    return {
+    metrics = {
         f"episodes/length_{when}": lengths.mean().item(),
         f"episodes/terminated_early_{when}": (lengths < horizon).to(lengths.dtype).mean().item(),
     }
+    success = episodes.episode_success()
+    if success is not None:
+        metrics[f"episodes/success_{when}"] = success[real].mean().item()
+    return metrics
 
 
 def budget_metrics(batch: MetaBatch, samples_per_task: int) -> dict[str, float]:

@@ -22,7 +22,9 @@ ENV_ID = "tests.ray_envs:metarl_test/Navigation-v0"
 
 class FaultyNavigation(Navigation2DEnv):
     """2D navigation that sleeps ``step_delay`` s per step, writes ``marker_dir/<pid>`` at step ``mark_step``,
-    and raises at step ``fail_step`` while the count in ``fail_file`` is below ``fail_times`` (then counts it)."""
+    and raises at step ``fail_step`` while the count in ``fail_file`` is below ``fail_times`` (then counts it).
+    With ``success_radius`` it reports ``info["success"]`` (as Meta-World does): 1.0 while the point is
+    within that distance of the goal (the reward is minus the distance), else 0.0."""
 
     def __init__(
         self,
@@ -32,9 +34,11 @@ class FaultyNavigation(Navigation2DEnv):
         fail_file: str | None = None,
         fail_times: int = 0,
         fail_step: int = 3,
+        success_radius: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.success_radius = success_radius
         self.step_delay, self.marker_dir, self.mark_step = step_delay, marker_dir, mark_step
         self.fail_file, self.fail_times, self.fail_step = fail_file, fail_times, fail_step
         self.t = 0
@@ -57,7 +61,10 @@ class FaultyNavigation(Navigation2DEnv):
             Path(self.marker_dir, str(os.getpid())).touch()
         if self.step_delay:
             time.sleep(self.step_delay)
-        return super().step(action)
+        obs, reward, terminated, truncated, info = super().step(action)
+        if self.success_radius is not None:
+            info["success"] = float(info["distance"] < self.success_radius)
+        return obs, reward, terminated, truncated, info
 
 
 if "metarl_test/Navigation-v0" not in gymnasium.registry:

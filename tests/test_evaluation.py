@@ -19,6 +19,7 @@ from metarl.evaluation import (
     mean_ci95,
     returns_by_task_parameter,
     steps_label,
+    success_by_skill,
 )
 from metarl.reporting import to_json, write_json
 from tests.helpers import step_rows
@@ -117,3 +118,40 @@ def test_evaluation_of_an_array_valued_task_env_writes_json(tmp_path: Path) -> N
     assert written["tasks"] == [{"goal": t["goal"].tolist()} for t in result["tasks"]]
     assert json.loads(to_json(result))["per_task"] == result["per_task"]
     assert [s["step"] for s in written["steps"]] == [0, 1]
+
+
+SUCCESS_ENV = ["env.id=tests.ray_envs:metarl_test/Navigation-v0", "env.kwargs.success_radius=0.35"]
+"""2D navigation that reports ``info["success"]`` (within 0.35 of the goal), as Meta-World does."""
+
+
+def test_success_rate_per_step_is_the_mean_over_tasks_of_each_tasks_episode_rate() -> None:
+    config = load_config(None, [*SUCCESS_ENV, "env.horizon=15", "policy.hidden_sizes=[4]"])
+    result = evaluate_adaptation(build_policy(config, 2, 2), config, num_tasks=6, num_steps=1, episodes_per_step=4)
+    per_task = np.asarray(result["per_task_success"])
+    assert per_task.shape == (2, 6) and set(np.unique(per_task * 4)) <= {0, 1, 2, 3, 4}
+    for k, step in enumerate(result["steps"]):
+        mean, ci = mean_ci95(per_task[k])
+        assert step["success_rate"] == pytest.approx(mean) and step["success_ci95"] == pytest.approx(ci)
+    assert 0 < per_task.mean() < 1  # a random policy sometimes gets within 0.35: the check can fail
+    table = markdown_table({"maml": result}, key="success_rate", ci_key="success_ci95")
+    assert table.splitlines()[0].startswith("| method (mean success rate ± 95% CI over tasks) |")
+    plain = load_config(None, ["env.horizon=5", "policy.hidden_sizes=[4]"])
+    quiet = evaluate_adaptation(build_policy(plain, 2, 2), plain, num_tasks=2, num_steps=0, episodes_per_step=2)
+    assert "per_task_success" not in quiet and "success_rate" not in quiet["steps"][0]
+
+
+def test_success_by_skill_hand_computed() -> None:
+    result = {
+        "tasks": [{"skill": s, "index": i} for i, s in enumerate(["push-v3", "reach-v3", "push-v3"])],
+        "per_task": [[-10.0, -20.0, -30.0], [-5.0, -6.0, -7.0]],
+        "per_task_success": [[0.0, 0.5, 1.0], [0.5, 1.0, 1.0]],
+    }
+    table = success_by_skill(result)
+    assert table is not None
+    rows = table.splitlines()
+    assert rows[0] == "| skill | tasks | success 0 steps | success 1 step | return 0 steps | return 1 step |"
+    assert rows[2] == "| push-v3 | 2 | 0.50 | 0.75 | -20.0 | -6.0 |"
+    assert rows[3] == "| reach-v3 | 1 | 0.50 | 1.00 | -20.0 | -6.0 |"
+    one_skill = {**result, "tasks": [{"skill": "push-v3", "index": i} for i in range(3)]}
+    assert success_by_skill(one_skill) is None  # ML1: one skill, nothing to split
+    assert success_by_skill({k: v for k, v in result.items() if k != "per_task_success"}) is None

@@ -118,3 +118,13 @@ def test_one_training_iteration_through_the_cli(tmp_path: Path, capsys: pytest.C
     assert (run / "checkpoints" / "latest.pt").is_file()
     row = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
     assert np.isfinite(row["meta/return_pre"]) and np.isfinite(row["meta/return_post"])
+    assert 0 <= row["episodes/success_pre"] <= 1 and 0 <= row["episodes/success_post"] <= 1
+    held_out = tmp_path / "held_out"
+    code, out, err = run_cli(
+        capsys, "evaluate", "--run-dir", str(run), "--set", "env.kwargs.split=test", "--num-tasks", "2",
+        "--num-steps", "1", "--episodes", "2", "--results", str(held_out), "--no-progress",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "Success rate (any step of the episode)" in out
+    result = json.loads((held_out / "evaluation.json").read_text())
+    assert all(t["split"] == "test" for t in result["tasks"]) and "success_rate" in result["steps"][1]

@@ -25,7 +25,7 @@ from tests.ray_envs import ENV_ID
 ray = pytest.importorskip("ray")
 from metarl.ray_sampler import RaySampler, task_slices  # noqa: E402
 
-FIELDS = ("observations", "actions", "rewards", "mask")
+FIELDS = ("observations", "actions", "rewards", "mask", "success")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -40,6 +40,9 @@ def assert_identical(a: Episodes, b: Episodes) -> None:
     """Every tensor of the two blocks bitwise equal (same dtype and shape)."""
     for name in FIELDS:
         x, y = getattr(a, name), getattr(b, name)
+        if x is None or y is None:  # success: only from envs that report it, then from both backends
+            assert x is None and y is None, name
+            continue
         assert x.dtype == y.dtype and x.shape == y.shape, name
         assert torch.equal(x, y), name
 
@@ -58,23 +61,26 @@ def policy_and_params(obs_dim: int, act_dim: int, n: int) -> tuple[GaussianMLPPo
 
 def local_and_ray(
     env_id: str, n: int, b: int, horizon: int, workers: int, env_kwargs: dict[str, Any] | None = None, **ray_kwargs: Any
-) -> None:
-    """Sample with both backends, shared then stacked parameters, and compare bit for bit."""
+) -> list[Episodes]:
+    """Sample with both backends, shared then stacked parameters, and compare bit for bit; the local blocks."""
     task_env = make_task_env(env_id, horizon, env_kwargs)
     tasks = task_env.unwrapped.sample_tasks(n, np.random.default_rng(3))  # type: ignore[attr-defined]
     obs_dim, act_dim = task_env.observation_space.shape[0], task_env.action_space.shape[0]  # type: ignore[index]
     policy, all_params = policy_and_params(obs_dim, act_dim, n)
     local = Sampler(env_id, n, b, horizon, env_kwargs)
     remote = RaySampler(env_id, n, b, horizon, env_kwargs, num_workers=workers, cpus_per_worker=0.5, **ray_kwargs)
+    blocks = []
     try:
         assert remote.num_workers == workers
         for params in all_params:
             expected = local.collect(policy, params, tasks, np.random.default_rng(1), torch.Generator().manual_seed(2))
             got = remote.collect(policy, params, tasks, np.random.default_rng(1), torch.Generator().manual_seed(2))
             assert_identical(expected, got)
+            blocks.append(expected)
     finally:
         local.close()
         remote.close()
+    return blocks
 
 
 @pytest.mark.parametrize("workers", [1, 3])
@@ -103,6 +109,12 @@ def test_halfcheetah_vel_episodes_identical_to_local(workers: int) -> None:
 def test_gymnasium_vector_api_env_identical_to_local() -> None:
     """An env without a native vector form runs in SyncVectorEnv on the actors (module:env-id imported there)."""
     local_and_ray(ENV_ID, 4, 2, 12, 2)
+
+
+def test_success_flags_come_back_from_the_actors_identical_to_local() -> None:
+    """An env that reports ``info["success"]`` (as Meta-World does): the actors send the flags back too."""
+    blocks = local_and_ray(ENV_ID, 4, 2, 12, 2, {"success_radius": 0.35, "goal_tolerance": 0.2, "max_action": 0.2})
+    assert all(block.success is not None and 0 < float(block.success.sum()) for block in blocks)
 
 
 def test_task_slices_cover_the_batch_contiguously() -> None:

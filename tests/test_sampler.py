@@ -306,3 +306,57 @@ def test_budget_through_the_config_and_training(tmp_path) -> None:
             assert row[f"episodes/short_of_budget_{when}"] == 0.0
             assert 0 < row[f"episodes/length_{when}"] <= 6
     assert any(row["episodes/per_task_pre"] > 2 for row in rows)
+
+
+def test_success_is_any_valid_step_and_none_when_the_env_reports_none() -> None:
+    """``info["success"]`` per step, masked after termination; an episode succeeds if any of its steps does.
+
+    Checked against the rewards (minus the distance to the goal): success at a step is distance < radius.
+    """
+    from tests.ray_envs import ENV_ID
+
+    radius, n, b, horizon = 0.35, 4, 5, 12
+    env_kwargs = {"success_radius": radius, "goal_tolerance": 0.2, "max_action": 0.2}
+    tasks = make_task_env(ENV_ID, horizon, env_kwargs).unwrapped.sample_tasks(n, np.random.default_rng(0))  # type: ignore[attr-defined]
+    policy = GaussianMLPPolicy(2, 2, (8,))
+    sampler = Sampler(ENV_ID, n, b, horizon, env_kwargs)
+    try:
+        episodes = sampler.collect(
+            policy, policy.params(), tasks, np.random.default_rng(1), torch.Generator().manual_seed(2)
+        )
+    finally:
+        sampler.close()
+    assert episodes.success is not None and episodes.success.shape == episodes.mask.shape
+    within = ((-episodes.rewards < radius) & (episodes.mask > 0)).to(episodes.mask.dtype)
+    torch.testing.assert_close(episodes.success, within, rtol=0, atol=0)
+    expected = within.amax(0)
+    success = episodes.episode_success()
+    assert success is not None
+    torch.testing.assert_close(success, expected, rtol=0, atol=0)
+    assert 0 < float(success.mean()) < 1  # some episodes succeed and some do not: the check can fail
+    assert float(episodes.mask.sum()) < episodes.mask.numel()  # some episodes terminated (padded steps dropped)
+
+    plain = Sampler("metarl/Navigation2D-v0", n, b, horizon)
+    try:
+        none = plain.collect(policy, policy.params(), tasks, np.random.default_rng(1), torch.Generator().manual_seed(2))
+    finally:
+        plain.close()
+    assert none.success is None and none.episode_success() is None
+
+
+def test_budget_sampling_keeps_the_success_flags_of_the_episodes_it_keeps() -> None:
+    from tests.ray_envs import ENV_ID
+
+    env_kwargs = {"success_radius": 0.35, "goal_tolerance": 0.2, "max_action": 0.2}
+    tasks = make_task_env(ENV_ID, 12, env_kwargs).unwrapped.sample_tasks(3, np.random.default_rng(0))  # type: ignore[attr-defined]
+    policy = GaussianMLPPolicy(2, 2, (8,))
+    sampler = Sampler(ENV_ID, 3, 2, 12, env_kwargs)
+    try:
+        episodes = collect_to_budget(
+            sampler, policy, policy.params(), tasks, np.random.default_rng(1), torch.Generator().manual_seed(2), 40
+        )
+    finally:
+        sampler.close()
+    assert episodes.success is not None and episodes.episodes_per_task > 2
+    within = ((-episodes.rewards < 0.35) & (episodes.mask > 0)).to(episodes.mask.dtype)
+    torch.testing.assert_close(episodes.success, within, rtol=0, atol=0)

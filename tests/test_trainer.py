@@ -226,3 +226,28 @@ def test_episode_lengths_and_policy_std_are_logged_and_evaluated(tmp_path: Path)
     assert row["policy/std_post"] != row["policy/std_pre"]  # the inner step moves the log-std
     evaluation = evaluate_adaptation(result.policy, config, num_tasks=2, num_steps=1, episodes_per_step=2)
     assert all(0 < s["mean_length"] <= 100 and 0 <= s["terminated_early"] <= 1 for s in evaluation["steps"])
+
+
+def test_success_is_logged_per_iteration_and_evaluated_through_the_command_line(tmp_path: Path, capsys) -> None:
+    """An env reporting ``info["success"]`` (as Meta-World does): training logs the success rate before and
+    after adaptation, ``metarl evaluate`` prints and writes it per step, and its ``--set`` changes env keys
+    only (the checkpoint fixes the rest: one error line)."""
+    from tests.helpers import assert_one_error_line
+
+    run = tmp_path / "run"
+    env = ["env.id=tests.ray_envs:metarl_test/Navigation-v0", "env.kwargs.success_radius=0.35", "env.horizon=20"]
+    assert main(["train", "--run-dir", str(run), "--iterations", "2", *cli_flags(*env)]) == 0
+    rows = metrics(run)
+    assert all(0 <= r["episodes/success_pre"] <= 1 and 0 <= r["episodes/success_post"] <= 1 for r in rows)
+    assert any(0 < r["episodes/success_pre"] for r in rows)
+    capsys.readouterr()
+    args = ["evaluate", "--run-dir", str(run), "--num-tasks", "4", "--num-steps", "1", "--episodes", "3"]
+    assert main([*args, "--set", "env.kwargs.success_radius=10.0", "--results", str(tmp_path / "wide")]) == 0
+    out = capsys.readouterr().out
+    assert "Success rate (any step of the episode)" in out and "| maml | 1.00 ± 0.00 | 1.00 ± 0.00 |" in out
+    assert main(args) == 0
+    result = json.loads((run / "evaluation.json").read_text())
+    assert all(0 <= s["success_rate"] <= 1 for s in result["steps"]) and len(result["per_task_success"]) == 2
+    capsys.readouterr()
+    code = main([*args, "--set", "policy.hidden_sizes=[4]"])
+    assert_one_error_line(code, capsys.readouterr().err, "policy.hidden_sizes", "env.*")
