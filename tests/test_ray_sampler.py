@@ -88,20 +88,7 @@ def test_navigation_episodes_identical_to_local(workers: int) -> None:
     local_and_ray("metarl/Navigation2D-v0", 5, 3, 20, workers)
 
 
-@pytest.mark.parametrize(
-    "workers",
-    [
-        1,
-        pytest.param(
-            3,
-            marks=pytest.mark.xfail(
-                reason="open: on 2026-12-05 the 3-actor HalfCheetahVel episodes differed from the local sampler's "
-                "(also with the previous commit's envs and sampler); under investigation",
-                strict=False,
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("workers", [1, 3])
 def test_halfcheetah_vel_episodes_identical_to_local(workers: int) -> None:
     local_and_ray("metarl/HalfCheetahVel-v0", 4, 2, 15, workers, {"frame_skip": 1, "clip_actions": True})
 

@@ -360,3 +360,24 @@ def test_budget_sampling_keeps_the_success_flags_of_the_episodes_it_keeps() -> N
     assert episodes.success is not None and episodes.episodes_per_task > 2
     within = ((-episodes.rewards < 0.35) & (episodes.mask > 0)).to(episodes.mask.dtype)
     torch.testing.assert_close(episodes.success, within, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("episodes", [1, 2, 3, 5])
+def test_a_tasks_actions_are_bitwise_the_same_in_any_slice_of_the_batch(episodes: int) -> None:
+    """What a Ray actor computes for its slice equals the whole batch's rows bit for bit, also when a task's
+    rows would start misaligned in the batch (2 episodes x 17 floats: byte 136), which gave other last bits."""
+    from metarl.sampler import per_task_forward
+
+    policy = GaussianMLPPolicy(17, 6, (16, 16))
+    policy.reset_parameters(torch.Generator().manual_seed(0))
+    shared = {k: v.detach() for k, v in policy.params().items()}
+    noise = torch.Generator().manual_seed(1)
+    stacked = {k: v + 0.05 * torch.randn(v.shape, generator=noise) for k, v in stack_params(shared, 4).items()}
+    obs = torch.randn(4, episodes, 17, generator=torch.Generator().manual_seed(2))
+    for params in (shared, stacked):
+        full_mean, full_log_std = per_task_forward(policy, obs, params)
+        assert full_mean.shape == (4, episodes, 6) and full_log_std.shape == (4, episodes, 6)
+        for start, stop in ((0, 1), (1, 2), (1, 3), (3, 4), (2, 4)):
+            part = params if params is shared else {k: v[start:stop].clone() for k, v in params.items()}
+            mean, _ = per_task_forward(policy, obs[start:stop].clone(), part)
+            assert torch.equal(mean, full_mean[start:stop]), (start, stop)
