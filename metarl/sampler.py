@@ -234,8 +234,8 @@ def rollout(
     _check_finite("observation", obs_np, env_id, tasks, b, 0)
     noise = episode_noise(noise_seeds, horizon, policy.act_dim, dtype).view(horizon, n, b, -1)
     alive = torch.ones(n, b, dtype=dtype)
-    observations, actions, rewards, masks, successes = [], [], [], [], []
-    reports_success = False
+    observations, actions, rewards, masks = [], [], [], []
+    successes: list[np.ndarray | None] = []
     with torch.no_grad():
         for t in range(horizon):
             obs = torch.as_tensor(np.asarray(obs_np), dtype=dtype).view(n, b, -1)
@@ -256,16 +256,15 @@ def rollout(
             actions.append(action)
             rewards.append(torch.as_tensor(np.asarray(reward), dtype=dtype).view(n, b))
             masks.append(alive)
-            flags = success_flags(info, n * b)
-            reports_success = reports_success or flags is not None
-            successes.append(
-                torch.zeros(n, b, dtype=dtype) if flags is None else torch.as_tensor(flags, dtype=dtype).view(n, b)
-            )
+            successes.append(success_flags(info, n * b))
             done = torch.as_tensor(np.logical_or(terminated, truncated)).view(n, b)
             alive = alive * (~done).to(dtype)
     rewards_t = stack_time(rewards)
     mask_t = stack_time(masks)
-    success = stack_time(successes) * mask_t if reports_success else None
+    success = None
+    if any(flags is not None for flags in successes):  # a step without the key (none in Meta-World) counts as 0
+        steps = [np.zeros(n * b) if flags is None else flags for flags in successes]
+        success = torch.as_tensor(np.stack(steps), dtype=dtype).view(horizon, n, b) * mask_t
     return Episodes(stack_time(observations), stack_time(actions), rewards_t * mask_t, mask_t, success=success)
 
 
