@@ -41,8 +41,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.bench_learning import seed_ci95
-from benchmarks.common import CONFIGS, BenchParser, add_progress, add_results, command_line, log, make_parser, run_main
+from benchmarks.common import (
+    CONFIGS,
+    BenchParser,
+    add_progress,
+    add_results,
+    command_line,
+    csv,
+    log,
+    make_parser,
+    run_main,
+    seed_ci95,
+)
 from metarl.algorithms import ALGORITHMS, checkpoint_inner_rule
 from metarl.checkpoint import has_checkpoint, load_checkpoint
 from metarl.classification import evaluate_classification, fewshot_env
@@ -71,15 +81,6 @@ train with the config's one inner step (the MAML paper's Omniglot setting); Rept
 SGD steps (with one, its update is the plain gradient of the tasks' joint loss) and ε annealed
 linearly from 1 to 0; MAML++ with two, so that its multi-step loss and per-step step sizes
 have something to weigh."""
-
-
-def csv(kind: type) -> Any:
-    """An argparse type: a comma-separated list of ``kind``."""
-
-    def parse(text: str) -> list[Any]:
-        return [kind(item) for item in text.split(",") if item.strip()]
-
-    return parse
 
 
 def run_config(args: argparse.Namespace, path: Path, algorithm: str, seed: int) -> Config:

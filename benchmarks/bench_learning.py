@@ -37,6 +37,7 @@ from benchmarks.common import (
     log,
     make_parser,
     run_main,
+    seed_ci95,
 )
 from metarl.build import build_policy, horizon
 from metarl.checkpoint import has_checkpoint, load_checkpoint
@@ -121,20 +122,6 @@ def overrides(args: argparse.Namespace) -> list[str]:
         ("eval.episodes_per_step", args.episodes),
     ]
     return [*args.set, *(f"{key}={value}" for key, value in pairs if value is not None)]
-
-
-T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
-"""Student-t 0.975 quantiles by degrees of freedom (a CI across a handful of seeds)."""
-
-
-def seed_ci95(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and 95% CI half-width across seeds (Student t; NaN for one seed)."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, float("nan")
-    sd = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5
-    return mean, T_975.get(n - 1, 1.96) * sd / n**0.5
 
 
 def run_one(config: Config, run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:

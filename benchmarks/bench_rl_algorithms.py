@@ -35,8 +35,6 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.bench_learning import seed_ci95
-from benchmarks.bench_sinusoid_algorithms import csv
 from benchmarks.common import (
     CONFIGS,
     BenchParser,
@@ -44,9 +42,11 @@ from benchmarks.common import (
     add_progress,
     add_results,
     command_line,
+    csv,
     log,
     make_parser,
     run_main,
+    seed_ci95,
 )
 from metarl.algorithms import checkpoint_inner_rule
 from metarl.checkpoint import has_checkpoint, load_checkpoint

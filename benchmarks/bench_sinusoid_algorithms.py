@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.bench_learning import seed_ci95
 from benchmarks.common import (
     CONFIGS,
     BenchParser,
@@ -41,9 +40,11 @@ from benchmarks.common import (
     add_progress,
     add_results,
     command_line,
+    csv,
     log,
     make_parser,
     run_main,
+    seed_ci95,
 )
 from metarl.algorithms import ALGORITHMS, checkpoint_inner_rule
 from metarl.checkpoint import has_checkpoint, load_checkpoint
@@ -76,15 +77,6 @@ learned step sizes with a smaller Adam rate (the paper's shared rate let them sw
 the five-step inner loop diverge on sinusoid: docs/results.md); Reptile with five SGD steps of 0.005
 (five of 0.01 overflowed on some tasks: docs/results.md) and ε annealed linearly from 1 to 0 (the paper's
 few-shot setting)."""
-
-
-def csv(kind: type) -> Any:
-    """An argparse type: a comma-separated list of ``kind``."""
-
-    def parse(text: str) -> list[Any]:
-        return [kind(item) for item in text.split(",") if item.strip()]
-
-    return parse
 
 
 def run_config(args: argparse.Namespace, algorithm: str, shots: int, seed: int) -> Config:

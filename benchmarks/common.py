@@ -16,6 +16,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -26,6 +27,28 @@ ROOT = Path(__file__).resolve().parents[1]
 """The repository root (configs/ lives there)."""
 
 CONFIGS = ROOT / "configs"
+
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+"""Student-t 0.975 quantiles by degrees of freedom (a CI across a handful of seeds)."""
+
+
+def seed_ci95(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and 95% CI half-width across seeds (Student t; NaN for one seed)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, float("nan")
+    sd = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5
+    return mean, T_975.get(n - 1, 1.96) * sd / n**0.5
+
+
+def csv(kind: type) -> Any:
+    """An argparse type: a comma-separated list of ``kind``."""
+
+    def parse(text: str) -> list[Any]:
+        return [kind(item) for item in text.split(",") if item.strip()]
+
+    return parse
 
 
 class UsageError(Exception):

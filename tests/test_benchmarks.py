@@ -197,6 +197,8 @@ def test_bench_sinusoid_tiny(tmp_path: Path) -> None:
         "2",
         "--num-tasks",
         "4",
+        "--seeds",
+        "0,1",
         "--run-dir",
         str(tmp_path / "runs"),
         "--no-progress",
@@ -206,7 +208,7 @@ def test_bench_sinusoid_tiny(tmp_path: Path) -> None:
     assert bench_sinusoid.main(args) == 0
     out = tmp_path / "runs" / "results"
     data = json.loads((out / "sinusoid.json").read_text())
-    assert list(data["methods"]) == [
+    names = [
         "MAML (K=5)",
         "first-order MAML (K=5)",
         "pretrained (K=5)",
@@ -214,15 +216,23 @@ def test_bench_sinusoid_tiny(tmp_path: Path) -> None:
         "MAML (K=10)",
         "pretrained (K=10)",
     ]
-    for row in data["methods"].values():
-        assert [s["step"] for s in row["evaluation"]["steps"]] == list(range(11))
-        assert all(s["mse"] > 0 for s in row["evaluation"]["steps"]) and row["evaluation"]["num_tasks"] == 4
+    assert [(row["name"], row["seed"]) for row in data["runs"]] == [(n, s) for s in (0, 1) for n in names]
+    for row in data["runs"]:
+        assert sorted(int(k) for k in row["steps"]) == list(range(11))
+        assert all(s["mse"] > 0 for s in row["steps"].values()) and row["evaluation"]["num_tasks"] == 4
         assert row["resumed"] is False
-    assert data["methods"]["MAML (K=10)"]["evaluation"]["shots"] == 10
+    maml = [row for row in data["runs"] if row["name"] == "MAML (K=5)"]
+    assert maml[0]["steps"]["1"]["mse"] != maml[1]["steps"]["1"]["mse"]  # the seeds are different runs
+    mean = (maml[0]["steps"]["1"]["mse"] + maml[1]["steps"]["1"]["mse"]) / 2
+    table = (out / "sinusoid.md").read_text()
+    summary_row = next(line for line in table.splitlines() if line.startswith("| MAML (K=5) | 5 |"))
+    assert summary_row.split(" | ")[4].startswith(f"{mean:.3f} ± ")  # the 1-step cell is the mean over seeds
+    assert next(r for r in data["runs"] if r["name"] == "MAML (K=10)")["evaluation"]["shots"] == 10
     assert (out / "sinusoid_adaptation.png").stat().st_size > 0
-    assert "| paper: MAML (K=5) |" in (out / "sinusoid.md").read_text()
-    for name in ("maml_k5", "first-order_maml_k5", "maml_k10"):
-        assert (tmp_path / "runs" / name / "checkpoints" / "latest.pt").is_file()
+    assert "| paper: MAML (K=5) |" in table and "## Per seed" in table
+    for seed in (0, 1):
+        for name in ("maml_k5", "first-order_maml_k5", "maml_k10"):
+            assert (tmp_path / "runs" / f"seed{seed}" / name / "checkpoints" / "latest.pt").is_file()
 
 
 def test_bench_threads_tiny(tmp_path: Path) -> None:
@@ -356,6 +366,7 @@ BAD_INPUT: list[tuple[Any, list[str], str]] = [
     (bench_physics, ["--set", "env.kwargs.no_such_kwarg=1", "--results", "{tmp}"], "no_such_kwarg"),
     (bench_physics, ["--config", "configs/navigation2d.yaml", "--results", "{tmp}"], "MuJoCo"),
     (bench_sinusoid, ["--iterations", "0"], "--iterations"),
+    (bench_sinusoid, ["--seeds", "-1"], "--seeds"),
     (bench_sinusoid, ["--output-dir", "x"], "--output-dir"),
     (bench_sinusoid, ["--set", "supervised.shots=0", "--run-dir", "{tmp}"], "supervised.shots"),
     (bench_curvature, ["--run-dir", "{tmp}/missing"], "no checkpoint"),
