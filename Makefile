@@ -29,7 +29,7 @@ test: setup  ## the default (fast) test suite
 test-slow: setup  ## heavier end-to-end tests
 	$(PY) -m pytest -m slow
 
-lint: setup  ## ruff lint and format check, mypy on the library
+lint: setup  ## ruff lint and format check, mypy on the library and the benchmarks
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy

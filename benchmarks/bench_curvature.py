@@ -96,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         )
     torch.set_num_threads(args.threads)
     policy = checkpoint.policy
+    assert isinstance(policy, GaussianMLPPolicy)  # maml.loss=pg, checked above
     m = config.maml
     env = task_env(config)
     sampler = make_sampler(config, m.meta_batch_size, m.episodes_per_task)

@@ -43,8 +43,10 @@ from metarl.build import build_policy, horizon
 from metarl.checkpoint import has_checkpoint, load_checkpoint
 from metarl.cli import non_negative, positive
 from metarl.config import Config, load_config
+from metarl.errors import BenchmarkError
 from metarl.evaluation import evaluate_adaptation, markdown_table, returns_by_task_parameter, steps_label
 from metarl.paper import ONE_STEP_TARGETS, rl_reference
+from metarl.policy import GaussianMLPPolicy
 from metarl.reporting import env_slug, read_metrics, timing_summary, write_results
 from metarl.trainer import train
 
@@ -136,6 +138,7 @@ def run_one(config: Config, run_dir: Path, args: argparse.Namespace) -> dict[str
         wall = time.perf_counter() - start
     checkpoint = load_checkpoint(run_dir)
     maml = checkpoint.policy
+    assert isinstance(maml, GaussianMLPPolicy)  # maml.loss=pg, checked in run()
     timing = timing_summary(read_metrics(run_dir))
     policies = {MAML: maml, RANDOM: build_policy(config, maml.obs_dim, maml.act_dim)}
     results = {label: evaluate_adaptation(policy, config) for label, policy in policies.items()}
@@ -188,6 +191,11 @@ def across_seeds(runs: list[dict[str, Any]], key: str) -> str:
 def run(args: argparse.Namespace) -> int:
     """Train (or resume) ``--seeds`` runs, evaluate each against a random initialisation, write the table."""
     config = load_config(args.config, overrides(args))
+    if config.maml.loss != "pg":
+        raise BenchmarkError(
+            f"bench_learning measures meta-RL runs (maml.loss: pg), not maml.loss: {config.maml.loss}; "
+            "few-shot learning has bench_sinusoid, bench_sinusoid_algorithms and bench_classification"
+        )
     name = env_slug(config.env.id)
     run_dir: Path = args.run_dir or Path("runs") / f"bench_{name}"
     first_seed = config.train.seed

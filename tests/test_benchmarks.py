@@ -30,6 +30,7 @@ from benchmarks import (
 from benchmarks.common import ROOT
 from metarl.config import load_config, to_dict
 from metarl.reporting import paired_difference
+from metarl.trainer import train
 
 TINY_NAV = ["maml.meta_batch_size=2", "maml.episodes_per_task=3", "policy.hidden_sizes=[8]", "env.horizon=20"]
 """A 2D-navigation run small enough for a smoke test."""
@@ -394,6 +395,21 @@ def test_bad_input_is_one_error_line(
     capsys.readouterr()
     assert module.main(argv) == 2
     _one_error_line(capsys.readouterr().err, needle)
+
+
+def test_a_supervised_run_is_refused_by_the_rl_benchmarks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """bench_learning and bench_curvature measure meta-RL runs; a regression run gives one error line."""
+    config = load_config(
+        ROOT / "configs" / "sinusoid_supervised.yaml", ["train.iterations=1", "maml.meta_batch_size=2"]
+    )
+    train(config, tmp_path / "run", progress=False, log=lambda _: None)
+    argv = ["--config", "configs/sinusoid_supervised.yaml", "--run-dir", str(tmp_path / "run"), "--skip-training"]
+    capsys.readouterr()
+    assert bench_learning.main(argv) == 2
+    _one_error_line(capsys.readouterr().err, "maml.loss: supervised")
+    assert bench_curvature.main(["--run-dir", str(tmp_path / "run"), "--results", str(tmp_path / "r")]) == 2
+    _one_error_line(capsys.readouterr().err, "maml.loss=pg")
+    assert not (tmp_path / "r").exists()
 
 
 def test_debug_shows_the_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
