@@ -22,6 +22,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import statistics
 import sys
@@ -30,8 +31,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import gymnasium
 import numpy as np
 import torch
+from gymnasium.envs.registration import load_env_creator
 
 from benchmarks.common import CONFIGS, BenchParser, add_config, add_results, command_line, log, make_parser, run_main
 from metarl.build import build_policy, horizon, io_dims, iteration_rngs, task_env, torch_dtype
@@ -40,7 +43,7 @@ from metarl.config import load_config
 from metarl.episodes import Episodes
 from metarl.errors import ConfigError
 from metarl.reporting import machine_description, write_results
-from metarl.sampler import Sampler
+from metarl.sampler import Sampler, resolve_env_id
 
 MODULE = "bench_ray"
 FIELDS = ("observations", "actions", "rewards", "mask")
@@ -57,30 +60,88 @@ def build_parser() -> BenchParser:
     return parser
 
 
+def physics_kwargs(config: Any, threads: int) -> dict[str, Any]:
+    """The config's ``env.vector_kwargs`` with ``num_threads=threads`` where the env's native vector form takes it.
+
+    The batched MuJoCo envs take ``num_threads`` (physics threads); others (2D navigation's
+    numpy form, ``SyncVectorEnv`` fallbacks) get the config's keys unchanged.
+    """
+    kwargs = dict(config.env.vector_kwargs)
+    entry = gymnasium.spec(resolve_env_id(config.env.id)).vector_entry_point
+    if entry is not None and config.env.vectorization != "sync":
+        creator = load_env_creator(entry) if isinstance(entry, str) else entry
+        if "num_threads" in inspect.signature(creator).parameters:
+            kwargs["num_threads"] = threads
+    return kwargs
+
+
+def ray_sampler(
+    config: Any, actors: int, threads: int, num_tasks: int | None = None, episodes_per_task: int | None = None
+) -> Any:
+    """A :class:`~metarl.ray_sampler.RaySampler` on ``actors`` actors of one CPU each, ``threads`` physics threads each.
+
+    It samples the config's meta-batch, or ``num_tasks`` x ``episodes_per_task`` of it.
+    """
+    from metarl.ray_sampler import RaySampler
+
+    e, m = config.env, config.maml
+    return RaySampler(
+        e.id,
+        num_tasks or m.meta_batch_size,
+        episodes_per_task or m.episodes_per_task,
+        horizon(e),
+        env_kwargs=e.kwargs,
+        vector_kwargs=physics_kwargs(config, threads),
+        vectorization=e.vectorization,
+        dtype=torch_dtype(config.train.dtype),
+        num_workers=actors,
+        cpus_per_worker=1.0,
+    )
+
+
 def make_samplers(config: Any, threads: int) -> dict[str, Any]:
     """The local sampler and the Ray samplers with 1 and 2 actors, physics threads split between actors."""
-    from metarl.ray_sampler import RaySampler, init_ray
+    from metarl.ray_sampler import init_ray
 
     init_ray(None, 3)  # logical CPUs: the 1-actor and the 2-actor samplers stay up; one samples at a time
     e, m = config.env, config.maml
-    common = dict(env_kwargs=e.kwargs, vectorization=e.vectorization, dtype=torch_dtype(config.train.dtype))
     samplers: dict[str, Any] = {
         "local": Sampler(
-            e.id, m.meta_batch_size, m.episodes_per_task, horizon(e), vector_kwargs={"num_threads": threads}, **common
-        )
-    }
-    for actors in (1, 2):
-        samplers[f"ray, {actors} actor{'s' if actors > 1 else ''}"] = RaySampler(
             e.id,
             m.meta_batch_size,
             m.episodes_per_task,
             horizon(e),
-            vector_kwargs={"num_threads": max(1, threads // actors)},
-            num_workers=actors,
-            cpus_per_worker=1.0,
-            **common,
+            env_kwargs=e.kwargs,
+            vector_kwargs=physics_kwargs(config, threads),
+            vectorization=e.vectorization,
+            dtype=torch_dtype(config.train.dtype),
         )
+    }
+    for actors in (1, 2):
+        name = f"ray, {actors} actor{'s' if actors > 1 else ''}"
+        samplers[name] = ray_sampler(config, actors, max(1, threads // actors))
     return samplers
+
+
+def reset_stats(sampler: Any) -> None:
+    """Zero a Ray sampler's :class:`~metarl.ray_sampler.RayStats` (keeping its actors' places): count from here."""
+    from metarl.ray_sampler import RayStats
+
+    sampler.stats = RayStats(workers=sampler.stats.workers)
+
+
+def ray_overheads(stats: dict[str, Any]) -> dict[str, float]:
+    """Per sampling, from summed :class:`~metarl.ray_sampler.RayStats` (``as_dict``): MB to the actors and
+    back, seconds in the object store (``ray.put`` + ``ray.get``) and the other overhead (wall time minus
+    the slowest actor's rollout minus the object store)."""
+    count = max(stats["collects"], 1)
+    store = (stats["seconds_put"] + stats["seconds_get"]) / count
+    return {
+        "mb_to": stats["bytes_to_workers"] / count / 1e6,
+        "mb_back": stats["bytes_from_workers"] / count / 1e6,
+        "store_s": store,
+        "other_overhead_s": (stats["seconds_total"] - stats["seconds_slowest_worker"]) / count - store,
+    }
 
 
 def run(args: argparse.Namespace) -> int:
@@ -90,8 +151,6 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("config key 'maml.loss': bench_ray measures RL sampling; use an RL config")
     env = task_env(config)
     policy = build_policy(config, *io_dims(env))
-    from metarl.ray_sampler import RayStats
-
     samplers = make_samplers(config, args.threads)
     seconds: dict[str, list[float]] = {name: [] for name in samplers}
     steps = 0
@@ -109,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
                 if repeat == 0:
                     first[name] = episodes
                     if hasattr(sampler, "stats"):
-                        sampler.stats = RayStats(workers=sampler.stats.workers)  # count the timed samplings only
+                        reset_stats(sampler)  # count the timed samplings only
                 else:
                     seconds[name].append(elapsed)
                     steps = int(episodes.mask.sum())
@@ -180,16 +239,13 @@ def markdown_table(
             "yes" if identical[name] else "NO",
         ]
         if name in stats:
-            s, count = stats[name], max(stats[name]["collects"], 1)
-            to_mb, back_mb = s["bytes_to_workers"] / count / 1e6, s["bytes_from_workers"] / count / 1e6
-            store = (s["seconds_put"] + s["seconds_get"]) / count
-            other = (s["seconds_total"] - s["seconds_slowest_worker"]) / count - store
-            row.update(mb_to=to_mb, mb_back=back_mb, store_s=store, other_overhead_s=other)
+            o = ray_overheads(stats[name])
+            row.update(o)
             cells += [
-                f"{to_mb:.3f} / {back_mb:.1f}",
-                f"{2 * (to_mb + back_mb):.1f} MB",
-                f"{1000 * store:.0f} ms",
-                f"{1000 * other:.0f} ms",
+                f"{o['mb_to']:.3f} / {o['mb_back']:.1f}",
+                f"{2 * (o['mb_to'] + o['mb_back']):.1f} MB",
+                f"{1000 * o['store_s']:.0f} ms",
+                f"{1000 * o['other_overhead_s']:.0f} ms",
             ]
         else:
             cells += ["–", "–", "–", "–"]

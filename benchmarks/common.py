@@ -42,8 +42,8 @@ def seed_ci95(values: Sequence[float]) -> tuple[float, float]:
     return mean, T_975.get(n - 1, 1.96) * sd / n**0.5
 
 
-def csv(kind: type) -> Any:
-    """An argparse type: a comma-separated list of ``kind``."""
+def csv(kind: Callable[[str], Any]) -> Any:
+    """An argparse type: a comma-separated list of ``kind`` (a type or an argparse type function)."""
 
     def parse(text: str) -> list[Any]:
         return [kind(item) for item in text.split(",") if item.strip()]
