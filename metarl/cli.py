@@ -170,12 +170,14 @@ def evaluation_config(config: Config, overrides: list[str]) -> Config:
 
 
 def cmd_evaluate(args: argparse.Namespace, log: Callable[[str], None]) -> int:
-    """Few-shot evaluation of a run's checkpoint; writes ``evaluation.json`` and prints the table."""
+    """Few-shot evaluation of a run's checkpoint; writes ``evaluation.{md,json}`` and prints the table."""
+    import shlex
+
     from metarl.algorithms import algorithm_name, checkpoint_inner_rule
     from metarl.checkpoint import load_checkpoint
     from metarl.evaluation import evaluate_adaptation, markdown_table, returns_by_task_parameter, success_by_skill
     from metarl.policy import GaussianMLPPolicy
-    from metarl.reporting import write_json
+    from metarl.reporting import write_results
 
     checkpoint = load_checkpoint(args.run_dir)
     for line in checkpoint.skipped:
@@ -240,8 +242,10 @@ def cmd_evaluate(args: argparse.Namespace, log: Callable[[str], None]) -> int:
     result["checkpoint"] = str(checkpoint.path)
     result["iteration"] = checkpoint.iteration
     out_dir = args.results or (args.run_dir if args.run_dir.is_dir() else checkpoint.path.parent.parent)
-    out = write_json(out_dir / "evaluation.json", result)
-    print(f"checkpoint {checkpoint.path} (iteration {checkpoint.iteration})\n\n{table}\n\nwrote {out}")
+    heading = f"checkpoint {checkpoint.path} (iteration {checkpoint.iteration})"
+    command = "metarl " + " ".join(shlex.quote(a) for a in args.argv)
+    md, js = write_results(out_dir, args.name, f"# {config.env.id}: {heading}\n\n{table}", result, command=command)
+    print(f"{heading}\n\n{table}\n\nwrote {md}, {js}")
     return 0
 
 
@@ -348,7 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="few-shot evaluation on fresh tasks",
         description="Return after 0..k inner steps on fresh tasks: step size alpha, then alpha/2 (the MAML "
         "paper's protocol). Regression: MSE; classification: query accuracy on tasks of the held-out classes "
-        "(both adapt with the run's own inner rule). Writes evaluation.json.",
+        "(both adapt with the run's own inner rule). Writes evaluation.md and evaluation.json (with the command, "
+        "commit, date and machine).",
     )
     add_run_dir(p, True, "run directory or checkpoint file")
     add_eval_flags(p)
@@ -360,7 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="override an env.*, eval.* or sampler.* key of the run's config, e.g. env.kwargs.split=test "
         "(Meta-World's held-out goals or skills)",
     )
-    p.add_argument("--results", type=Path, help="where to write evaluation.json (default: the run directory)")
+    p.add_argument("--results", type=Path, help="where to write evaluation.{md,json} (default: the run directory)")
+    p.add_argument("--name", default="evaluation", help="results file stem (default: evaluation)")
     add_common(p)
     p.set_defaults(func=cmd_evaluate)
 

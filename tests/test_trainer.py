@@ -180,6 +180,13 @@ def test_float64_trains_and_evaluates_through_the_command_line(tmp_path: Path, c
     assert result["iteration"] == 2
     out = capsys.readouterr()
     assert "| maml |" in out.out and "error" not in out.err
+    assert result["command"] == "metarl " + " ".join(args) and result["commit"] and result["date"]
+    report = (run / "evaluation.md").read_text()
+    assert "| maml |" in report and f"Command: `metarl {' '.join(args)}`" in report
+    assert main([*args, "--results", str(tmp_path / "r"), "--name", "nav_eval"]) == 0
+    again = json.loads((tmp_path / "r" / "nav_eval.json").read_text())
+    assert again["steps"] == result["steps"]  # same tasks and seeds: the same numbers
+    assert (tmp_path / "r" / "nav_eval.md").is_file()
 
 
 def test_resume_through_the_command_line_is_identical(tmp_path: Path, capsys) -> None:
