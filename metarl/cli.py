@@ -251,6 +251,8 @@ def cmd_evaluate(args: argparse.Namespace, log: Callable[[str], None]) -> int:
 
 def cmd_render(args: argparse.Namespace, log: Callable[[str], None]) -> int:
     """Render the run's policy before and after each inner step; print each task's return (or MSE) per step."""
+    import shlex
+
     os.environ.setdefault("MUJOCO_GL", "egl")
     from metarl.render import format_task, render_checkpoint
 
@@ -264,7 +266,9 @@ def cmd_render(args: argparse.Namespace, log: Callable[[str], None]) -> int:
         args.seed,
         args.stochastic,
         args.gif,
-        *args.size,
+        width=args.size[0],
+        height=args.size[1],
+        command="metarl " + " ".join(shlex.quote(a) for a in args.argv),
     )
     for task, values in zip(result.tasks, result.values):
         cells = " / ".join(f"{v:.2f}" for v in values)

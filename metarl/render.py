@@ -27,6 +27,7 @@ import dataclasses
 import json
 import math
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +47,7 @@ from metarl.evaluation import is_scalar_value, steps_label
 from metarl.maml import sample_meta_batch
 from metarl.plots import STEP_COLORS, pyplot
 from metarl.policy import GaussianMLPPolicy, Params, is_stacked, stack_params
-from metarl.reporting import env_slug, write_json
+from metarl.reporting import env_slug, git_commit, machine_description, write_json
 
 RenderKind = Literal["video", "navigation", "sinusoid"]
 
@@ -734,12 +735,14 @@ def render_checkpoint(
     gif: bool = False,
     width: int = 480,
     height: int = 320,
+    command: str | None = None,
 ) -> RenderResult:
     """Load a checkpoint, choose or sample tasks, adapt, and write the env's rendering under ``output_dir``.
 
     Defaults: ``output_dir`` = ``<run dir>/render``; one task for videos, four for plots;
     ``episodes_per_task`` = ``eval.episodes_per_step``. Writes ``render_<env>.{mp4,gif,png}``
-    and ``render_<env>.json`` (tasks, returns or MSE, settings).
+    and ``render_<env>.json`` (tasks, returns or MSE, settings, the checkpoint's iteration, and
+    ``command`` with the commit, machine and date).
     """
     if num_steps < 0:
         raise RenderError(f"num_steps must be >= 0, got {num_steps}")
@@ -773,8 +776,17 @@ def render_checkpoint(
             )
         else:
             result = render_navigation(policy, config, trace, stem.with_suffix(".png"), seed, stochastic)
-    result.extra.update({"checkpoint": str(file), "env_id": config.env.id, "seed": seed, "episodes_per_step": episodes})
+    result.extra.update(
+        {
+            "checkpoint": str(file),
+            "iteration": loaded.iteration,
+            "env_id": config.env.id,
+            "seed": seed,
+            "episodes_per_step": episodes,
+        }
+    )
     summary = stem.with_suffix(".json")
     result.files.append(summary)
-    write_json(summary, result.summary())
+    provenance = {"command": command, "commit": git_commit(), "machine": machine_description()}
+    write_json(summary, {**result.summary(), **provenance, "date": time.strftime("%Y-%m-%d %H:%M")})
     return result

@@ -199,7 +199,9 @@ def test_render_command_prints_returns_and_writes_files(
     lines = out.splitlines()
     assert lines[0].startswith("task goal_x=") and ": return after 0..1 steps (policy mean actions): " in lines[0]
     assert f"wrote {tmp_path / 'r' / 'render_navigation2d.json'}" in lines
-    assert json.loads((tmp_path / "r" / "render_navigation2d.json").read_text())["metric"] == "return"
+    summary = json.loads((tmp_path / "r" / "render_navigation2d.json").read_text())
+    assert summary["metric"] == "return" and summary["command"].startswith("metarl render --run-dir")
+    assert summary["iteration"] == load_checkpoint(nav_run).iteration and summary["commit"] and summary["date"]
 
 
 def test_render_command_calls_regression_numbers_mse(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
