@@ -175,7 +175,13 @@ def cmd_evaluate(args: argparse.Namespace, log: Callable[[str], None]) -> int:
 
     from metarl.algorithms import algorithm_name, checkpoint_inner_rule
     from metarl.checkpoint import load_checkpoint
-    from metarl.evaluation import evaluate_adaptation, markdown_table, returns_by_task_parameter, success_by_skill
+    from metarl.evaluation import (
+        evaluate_adaptation,
+        gain_lines,
+        markdown_table,
+        returns_by_task_parameter,
+        success_by_skill,
+    )
     from metarl.policy import GaussianMLPPolicy
     from metarl.reporting import write_results
 
@@ -232,6 +238,7 @@ def cmd_evaluate(args: argparse.Namespace, log: Callable[[str], None]) -> int:
             by_skill = success_by_skill(result)
             if by_skill is not None:
                 table += "\n\nBy skill:\n\n" + by_skill
+        table += "\n\n" + gain_lines(result)
         lengths = " / ".join(
             f"{s['mean_length']:.1f} ({100 * s['terminated_early']:.0f}% ended early)" for s in result["steps"]
         )

@@ -64,6 +64,9 @@ def evaluate_adaptation(
     When the env reports ``info["success"]`` (Meta-World), each step also has ``success_rate``
     and ``success_ci95`` (an episode succeeds if any of its steps does; the rate is averaged
     over a task's episodes, the CI is over tasks) and ``per_task_success`` is set like ``per_task``.
+    Steps ``k >= 1`` also carry the paired gain over no adaptation, ``return_gain`` ±
+    ``return_gain_ci95`` (and ``success_gain`` ± ``success_gain_ci95``): the mean over tasks of
+    each task's value after ``k`` steps minus its value before, with the CI of those differences.
     Task values are kept as the env gives them (numbers, numpy arrays, lists, strings); write
     the result with :func:`metarl.reporting.write_json`. Arguments left as ``None`` come from
     ``config.eval`` / ``config.maml``.
@@ -110,8 +113,13 @@ def evaluate_adaptation(
             "mean_length": lengths.mean().item(),
             "terminated_early": early,
         }
+        if k > 0:  # paired over tasks: each task's gain over its own return before adaptation
+            step["return_gain"], step["return_gain_ci95"] = mean_ci95(returns - per_task[0])
         if success is not None:
             step["success_rate"], step["success_ci95"] = mean_ci95(success)
+            before = per_task_success[0]
+            if k > 0 and before is not None:
+                step["success_gain"], step["success_gain_ci95"] = mean_ci95(success - before)
         steps.append(step)
     extra: dict[str, Any] = {}
     if all(s is not None for s in per_task_success):
@@ -152,6 +160,19 @@ def markdown_table(
             for k in steps
         ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def gain_lines(result: Mapping[str, Any]) -> str:
+    """One line per inner step ``k >= 1``: the paired gain over no adaptation (return, and success where
+    reported), mean ± 95% CI over tasks of each task's own difference."""
+    lines = ["Gain over no adaptation (mean ± 95% CI over tasks of each task's difference):", ""]
+    for step in result["steps"][1:]:
+        gain, ci = step["return_gain"], step["return_gain_ci95"]
+        line = f"- after {steps_label(int(step['step']))}: return {gain:+.2f} ± {ci:.2f}"
+        if "success_gain" in step:
+            line += f"; success rate {step['success_gain']:+.3f} ± {step['success_gain_ci95']:.3f}"
+        lines.append(line)
     return "\n".join(lines)
 
 

@@ -14,6 +14,7 @@ from metarl.build import build_policy
 from metarl.config import load_config
 from metarl.evaluation import (
     evaluate_adaptation,
+    gain_lines,
     is_scalar_value,
     markdown_table,
     mean_ci95,
@@ -135,6 +136,21 @@ def test_success_rate_per_step_is_the_mean_over_tasks_of_each_tasks_episode_rate
     assert 0 < per_task.mean() < 1  # a random policy sometimes gets within 0.35: the check can fail
     table = markdown_table({"maml": result}, key="success_rate", ci_key="success_ci95")
     assert table.splitlines()[0].startswith("| method (mean success rate ± 95% CI over tasks) |")
+    returns = np.asarray(result["per_task"])
+    gain = result["steps"][1]
+    # the gain is paired: hand-computed from each task's own difference, not the difference of the means' CIs
+    diff = returns[1] - returns[0]
+    sd = np.sqrt(((diff - diff.mean()) ** 2).sum() / (len(diff) - 1))
+    assert gain["return_gain"] == pytest.approx(diff.mean()) and gain["return_gain_ci95"] == pytest.approx(
+        1.96 * sd / np.sqrt(len(diff))
+    )
+    assert gain["success_gain"] == pytest.approx((per_task[1] - per_task[0]).mean())
+    assert "return_gain" not in result["steps"][0]
+    lines = gain_lines(result).splitlines()
+    assert lines[-1] == (
+        f"- after 1 step: return {diff.mean():+.2f} ± {gain['return_gain_ci95']:.2f}; "
+        f"success rate {gain['success_gain']:+.3f} ± {gain['success_gain_ci95']:.3f}"
+    )
     plain = load_config(None, ["env.horizon=5", "policy.hidden_sizes=[4]"])
     quiet = evaluate_adaptation(build_policy(plain, 2, 2), plain, num_tasks=2, num_steps=0, episodes_per_step=2)
     assert "per_task_success" not in quiet and "success_rate" not in quiet["steps"][0]
