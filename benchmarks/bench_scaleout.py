@@ -19,8 +19,10 @@ Then the projection (:func:`project`) for the config's full meta-batch at each o
 
 - sampling = samplings x ceil(episodes / actors) x horizon / the measured actor's steps/s, with one
   actor per core (``--cores-per-node``, default this machine's core count) and the episodes split
-  evenly (the slowest actor decides). The last column splits by whole tasks instead, as
-  :class:`~metarl.ray_sampler.RaySampler` does today (at most ``maml.meta_batch_size`` actors);
+  evenly (the slowest actor decides). The last column splits as
+  :class:`~metarl.ray_sampler.RaySampler` does (:func:`~metarl.ray_sampler.sampling_blocks`): whole
+  tasks while there are no more actors than tasks, else blocks of tasks x episodes, up to one
+  actor per episode;
 - transfer = the bytes that leave or reach the driver's node (parameters once per other node,
   the other nodes' share of the seeds and episodes) / ``--network-gbps`` (default 10 Gbit/s), plus
   the object-store time measured per byte on the slice (scaled to the full batch's bytes), plus the
@@ -71,6 +73,7 @@ from metarl.cli import positive
 from metarl.config import load_config
 from metarl.errors import ConfigError
 from metarl.policy import GaussianMLPPolicy, stack_params
+from metarl.ray_sampler import sampling_blocks
 from metarl.reporting import env_slug, machine_description, write_results
 
 MODULE = "bench_scaleout"
@@ -133,8 +136,11 @@ def project(
     """The projected seconds of one meta-iteration on ``nodes`` x ``cores_per_node`` actors (one per core).
 
     ``split="episodes"``: the episodes of a sampling are split evenly over the actors (ceil: the
-    slowest actor decides); ``"tasks"``: whole tasks per actor (all their episodes), as
-    :class:`~metarl.ray_sampler.RaySampler` slices today. Actors beyond the work are idle. Every
+    slowest actor decides); ``"ray"``: the blocks :class:`~metarl.ray_sampler.RaySampler` gives its
+    actors (:func:`~metarl.ray_sampler.sampling_blocks`: whole tasks while there are no more actors
+    than tasks, else tasks x episodes blocks; the largest decides); ``"tasks"``: whole tasks per
+    actor (all their episodes), as ``RaySampler`` split before its blocks split episodes (at most
+    one actor per task). Actors beyond the work are idle. Every
     byte of a sampling goes through the object store (``store_s_per_byte``); the parameters go once
     to each other node in use, and those nodes' share of the seeds and the episodes crosses the
     network, all through the driver node's link (``network_bytes_per_s``), not overlapped with
@@ -144,12 +150,15 @@ def project(
     """
     if nodes < 1 or cores_per_node < 1:
         raise ValueError(f"nodes and cores_per_node must be >= 1, got {nodes}, {cores_per_node}")
-    if split not in ("episodes", "tasks"):
-        raise ValueError(f"split must be 'episodes' or 'tasks', got {split!r}")
+    if split not in ("episodes", "ray", "tasks"):
+        raise ValueError(f"split must be 'episodes', 'ray' or 'tasks', got {split!r}")
     actors = nodes * cores_per_node
     if split == "episodes":
         used = min(actors, work.episodes)
         slowest_episodes = math.ceil(work.episodes / actors)
+    elif split == "ray":
+        used = min(actors, work.episodes)  # RaySampler starts no more actors than episodes
+        slowest_episodes = max(block.episodes for block in sampling_blocks(work.tasks, work.episodes_per_task, used))
     else:
         used = min(actors, work.tasks)
         slowest_episodes = math.ceil(work.tasks / actors) * work.episodes_per_task
@@ -394,14 +403,20 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     for nodes in args.nodes:
         row = project(full, costs, nodes, args.cores_per_node, bandwidth, learner_s)
-        tasks = project(full, costs, nodes, args.cores_per_node, bandwidth, learner_s, split="tasks")
+        ray = project(full, costs, nodes, args.cores_per_node, bandwidth, learner_s, split="ray")
         rows.append(
-            {"nodes": nodes, **row, "total_whole_tasks": tasks["total"], "actors_whole_tasks": tasks["actors_used"]}
+            {
+                "nodes": nodes,
+                **row,
+                "total_ray_blocks": ray["total"],
+                "actors_ray_blocks": ray["actors_used"],
+                "slowest_actor_episodes_ray_blocks": ray["slowest_actor_episodes"],
+            }
         )
     one_node = project(full, costs, 1, args.cores_per_node, bandwidth, learner_s)
     comparison = None
     if cluster is not None:
-        predicted = project(piece, costs, 2, 1, bandwidth, 0.0, split="tasks")  # as the measured RaySampler splits
+        predicted = project(piece, costs, 2, 1, bandwidth, 0.0, split="ray")  # as the measured RaySampler splits
         projected = piece.steps / (predicted["sampling"] + predicted["transfer"])
         alone, together = one["actor_cpu_share"], cluster["actor_cpu_share"]
         comparison = {
@@ -502,14 +517,15 @@ def markdown(
         "",
         "| nodes | actors | episodes per actor per sampling (slowest) | sampling s [measured rate, assumed split] "
         "| transfer s [counted bytes, assumed network, measured store] | learner s [assumed] | total s | "
-        "speed-up vs 1 node | total s, whole-task slices as RaySampler today (actors used) |",
+        "speed-up vs 1 node | total s, RaySampler's blocks (actors used, slowest actor's episodes) |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['nodes']} | {r['actors']} | {r['slowest_actor_episodes']} | {r['sampling']:.2f} | "
             f"{r['transfer']:.3f} | {r['learner']:.2f} | **{r['total']:.2f}** | "
-            f"{one_node['total'] / r['total']:.1f}x | {r['total_whole_tasks']:.2f} ({r['actors_whole_tasks']}) |"
+            f"{one_node['total'] / r['total']:.1f}x | {r['total_ray_blocks']:.2f} ({r['actors_ray_blocks']}, "
+            f"{r['slowest_actor_episodes_ray_blocks']}) |"
         )
     if cluster is not None and comparison is not None:
         shares = ", ".join(f"{s:.0%}" for s in cluster["actor_cpu_share"]) or "unknown"

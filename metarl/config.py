@@ -250,11 +250,15 @@ class SamplerConfig:
 
     backend: Literal["local", "ray"] = _f(
         "local",
-        "local: one vector env in this process; ray: Ray actors, each with a vector env for a slice of the tasks "
+        "local: one vector env in this process; ray: Ray actors, each with a vector env for a block of the tasks x "
+        "episodes "
         "(same seed, same episodes bit for bit; needs the ray extra)",
     )
     num_workers: int = _f(
-        0, "ray: sampling actors (0: one per CPU of the Ray cluster; at most one per task of the meta-batch)", ge=0
+        0,
+        "ray: sampling actors (0: one per CPU of the Ray cluster); up to one per task own whole tasks, more split "
+        "the tasks' episodes too (at most one per episode of the meta-batch)",
+        ge=0,
     )
     ray_address: str | None = _f(
         None,

@@ -21,7 +21,7 @@ import metarl.envs  # noqa: F401  (registers the metarl/ envs)
 from metarl.envs.base import Task, check_task_env
 from metarl.episodes import Episodes, stack_time
 from metarl.errors import ConfigError, EnvError
-from metarl.policy import GaussianMLPPolicy, Params, is_stacked
+from metarl.policy import ACTIVATIONS, GaussianMLPPolicy, Params, is_stacked
 
 Vectorization = Literal["auto", "native", "sync"]
 
@@ -157,8 +157,8 @@ def episode_streams(
     The reset seeds come from ``rng`` (as gymnasium's vector ``reset(seed=[...])`` takes them),
     the noise seeds from ``generator``. Every episode then draws its action noise from its own
     torch generator (:func:`episode_noise`), so an episode's random numbers do not depend on
-    which other episodes are sampled with it: a slice of the batch (one Ray actor's share)
-    samples exactly what the whole batch samples for those episodes.
+    which other episodes are sampled with it: a block of the batch's tasks x episodes (one Ray
+    actor's share) samples exactly what the whole batch samples for those episodes.
     """
     reset_seeds = rng.integers(0, 2**31 - 1, size=num_episodes).tolist()
     noise_seeds = torch.randint(0, 2**62, (num_episodes,), generator=generator, dtype=torch.int64).tolist()
@@ -175,38 +175,90 @@ def episode_noise(noise_seeds: Sequence[int], horizon: int, act_dim: int, dtype:
 
 
 def per_task_forward(policy: GaussianMLPPolicy, obs: torch.Tensor, params: Params) -> tuple[torch.Tensor, torch.Tensor]:
-    """The policy's mean and log-std for ``obs [n, B, obs_dim]``, computed as one matmul per task.
+    """The policy's mean and log-std for ``obs [n, B, obs_dim]``, computed as one matmul per task and layer.
 
-    Shared parameters are broadcast to the ``n`` tasks, so shared and stacked parameters take
-    the same batched-matmul path, and each task's rows go through a matmul of the same shape
-    whatever ``n`` is. A task's actions are then bitwise the same whether it is sampled with
-    all the others (the local sampler) or in a slice of them (a Ray actor). A single task is
-    computed as a batch of two equal copies: torch takes another kernel for a batch of one,
-    whose last bits can differ (measured with a one-dimensional observation).
+    This is :meth:`GaussianMLPPolicy.forward` (the same layers, activation and log-std), laid out
+    so that every row (episode) of every task is computed by the same kernel on the same memory
+    alignment whatever else is in the batch. A task's actions are then bitwise the same whether it
+    is sampled with all the others (the local sampler) or in any block of tasks and episodes (a
+    Ray actor), down to a single episode. What that takes, each measured (CPU, MKL) as giving
+    other last bits when left out (``tests/test_sampler.py``):
 
-    The rows of every task are padded with zero rows to a multiple of :data:`ROW_MULTIPLE`, so
-    that each task's block of every layer starts 16-byte aligned in the batch as it does in a
-    fresh tensor: CPU matmul kernels give other last bits for a misaligned operand (measured:
-    2 episodes of a 17-dim observation put task 1 at byte 136, and its actions differed from a
-    Ray actor's by 1 ulp). The padded rows are dropped from the result.
+    - shared parameters are broadcast to the ``n`` tasks, so shared and stacked parameters take
+      the same batched-matmul path; a single task is computed as a batch of two equal copies
+      (torch takes another kernel for a batch of one);
+    - each task's rows are padded with zero rows to :func:`padded_rows`: a multiple of
+      :data:`ROW_MULTIPLE` (fewer rows take other kernels), and at least enough that every
+      layer's matmul takes torch's BLAS path, never its small-matmul loop (:data:`BMM_LOOP_WORK`);
+    - every layer's input rows start at a multiple of :data:`ROW_MULTIPLE` floats (16 bytes):
+      a layer whose input width is not a multiple of it reads a zero-padded copy with a wider row
+      stride (misaligned rows sum in another order when the layer is narrow: measured for 10-wide
+      rows into a 6-wide layer, episode 1's row at byte 40 of its task's block);
+    - a layer one unit wide is computed two wide (a zero weight row) and the extra column dropped
+      (a one-column product's rows depend on their position).
+
+    The padding is dropped from the result.
     """
     n, rows = obs.shape[0], obs.shape[1]
     stacked = params if is_stacked(params) else {k: v.unsqueeze(0).expand(n, *v.shape) for k, v in params.items()}
-    pad = -rows % ROW_MULTIPLE
-    if pad:
-        obs = torch.cat([obs, obs.new_zeros(n, pad, *obs.shape[2:])], 1)
     if n == 1:
-        mean, log_std = policy(
-            obs.expand(2, *obs.shape[1:]), {k: v.expand(2, *v.shape[1:]) for k, v in stacked.items()}
-        )
-        return mean[:1, :rows], log_std[:1, :rows]
-    mean, log_std = policy(obs, stacked)
-    return mean[:, :rows], log_std[:, :rows]
+        obs = obs.expand(2, *obs.shape[1:])
+        stacked = {k: v.expand(2, *v.shape[1:]) for k, v in stacked.items()}
+    total = padded_rows(rows, stacked)
+    activation = ACTIVATIONS[policy.activation]
+    last = len(policy.layers) - 1
+    x = obs
+    for i in range(last + 1):
+        weight, bias = stacked[f"layers.{i}.weight"], stacked[f"layers.{i}.bias"]
+        width = int(weight.shape[1])
+        if width < 2:
+            weight = torch.cat([weight, weight.new_zeros(weight.shape[0], 2 - width, weight.shape[2])], 1)
+            bias = torch.cat([bias, bias.new_zeros(bias.shape[0], 2 - width)], 1)
+        x = torch.baddbmm(bias.unsqueeze(1), aligned_rows(x, total), weight.transpose(1, 2))[..., :width]
+        if i < last:
+            x = activation(x)
+    mean = x[:n, :rows]
+    return mean, stacked["log_std"][:n].unsqueeze(1).expand_as(mean)
 
 
 ROW_MULTIPLE = 4
-"""Rows per task in :func:`per_task_forward` are padded to this multiple: 4 float32 rows of any width are
-a multiple of 16 bytes, so every task's block of every layer starts 16-byte aligned."""
+"""Rows per task in :func:`per_task_forward` are padded to this multiple, and every layer's input row
+starts at a multiple of this many floats: 4 float32 are 16 bytes, so every task's block and every row of
+every layer starts 16-byte aligned."""
+
+BMM_LOOP_WORK = 400
+"""torch's CPU ``bmm``/``baddbmm`` (ATen's ``bmm_out_or_baddbmm_``) multiplies matrices whose
+``rows * columns * contraction`` is below this with its own loop and larger ones with BLAS (MKL); the
+two sum in other orders, so a row's result would depend on how many rows are in its batch."""
+
+
+def padded_rows(rows: int, params: Params) -> int:
+    """The rows per task :func:`per_task_forward` computes for ``rows`` rows: a multiple of
+    :data:`ROW_MULTIPLE`, and enough that every layer's ``rows * in * out`` reaches :data:`BMM_LOOP_WORK`.
+
+    The minimum depends only on the layer sizes, so every block of a task's episodes (the whole
+    batch's ``B``, or a Ray actor's share of them, down to one episode) takes the same kernel.
+    """
+    smallest = min(max(2, int(v.shape[-2])) * int(v.shape[-1]) for k, v in params.items() if k.endswith(".weight"))
+    needed = max(rows, -(-BMM_LOOP_WORK // smallest))
+    return needed + (-needed % ROW_MULTIPLE)
+
+
+def aligned_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
+    """``x [m, r, k]`` as ``[m, rows, k]`` (zero rows added) whose rows start at multiples of
+    :data:`ROW_MULTIPLE` elements from an address aligned to as many: ``x`` itself if it already is so, else a
+    zero-padded copy with row stride ``k`` rounded up to :data:`ROW_MULTIPLE` (viewed back to width ``k``)."""
+    m, r, k = x.shape
+    if (
+        r == rows
+        and k % ROW_MULTIPLE == 0
+        and x.is_contiguous()
+        and x.data_ptr() % (x.element_size() * ROW_MULTIPLE) == 0
+    ):
+        return x
+    buffer = x.new_zeros(m, rows, k + (-k % ROW_MULTIPLE))
+    buffer[:, :r, :k] = x
+    return buffer[:, :, :k]
 
 
 def rollout(
@@ -220,18 +272,21 @@ def rollout(
     dtype: torch.dtype,
     reset_seeds: Sequence[int],
     noise_seeds: Sequence[int],
+    first_episode: int = 0,
 ) -> Episodes:
     """Run ``B`` episodes of each task in ``env`` (``len(tasks) * B`` sub-envs) with the given per-episode streams.
 
     Sub-env ``i * B + b`` runs episode ``b`` of task ``i``; ``params`` are shared or stacked for
     exactly these tasks. This is the whole of sampling: the local sampler runs it on the
-    meta-batch, a Ray actor on its slice of it (:mod:`metarl.ray_sampler`).
+    meta-batch, a Ray actor on its block of it (:mod:`metarl.ray_sampler`): some of the tasks,
+    and of each the episodes ``first_episode .. first_episode + B - 1`` of the meta-batch (which
+    error messages name).
     """
     n, b = len(tasks), episodes_per_task
     env.set_attr("task", [task for task in tasks for _ in range(b)])  # type: ignore[attr-defined]
     seeds: Any = list(reset_seeds)  # gymnasium's vector reset takes one seed per sub-env
     obs_np, _ = _guarded(lambda: env.reset(seed=seeds), "reset", env_id, tasks)
-    _check_finite("observation", obs_np, env_id, tasks, b, 0)
+    _check_finite("observation", obs_np, env_id, tasks, b, 0, first_episode)
     noise = episode_noise(noise_seeds, horizon, policy.act_dim, dtype).view(horizon, n, b, -1)
     alive = torch.ones(n, b, dtype=dtype)
     observations, actions, rewards, masks = [], [], [], []
@@ -250,8 +305,8 @@ def rollout(
             obs_np, reward, terminated, truncated, info = _guarded(
                 lambda step_input=step_input: env.step(step_input), "step", env_id, tasks
             )
-            _check_finite("reward", reward, env_id, tasks, b, t)
-            _check_finite("observation", obs_np, env_id, tasks, b, t + 1)
+            _check_finite("reward", reward, env_id, tasks, b, t, first_episode)
+            _check_finite("observation", obs_np, env_id, tasks, b, t + 1, first_episode)
             observations.append(obs)
             actions.append(action)
             rewards.append(torch.as_tensor(np.asarray(reward), dtype=dtype).view(n, b))
@@ -294,8 +349,10 @@ def _guarded(call: Any, where: str, env_id: str, tasks: Sequence[Task]) -> Any:
         ) from exc
 
 
-def _check_finite(what: str, values: Any, env_id: str, tasks: Sequence[Task], episodes_per_task: int, t: int) -> None:
-    """Raise :class:`EnvError` naming the env, task and step if an observation or reward is NaN/inf."""
+def _check_finite(
+    what: str, values: Any, env_id: str, tasks: Sequence[Task], episodes_per_task: int, t: int, first_episode: int = 0
+) -> None:
+    """Raise :class:`EnvError` naming the env, task, episode and step if an observation or reward is NaN/inf."""
     array = np.asarray(values)
     if np.isfinite(array).all():
         return
@@ -304,7 +361,7 @@ def _check_finite(what: str, values: Any, env_id: str, tasks: Sequence[Task], ep
     task = tasks[episode // episodes_per_task]
     raise EnvError(
         f"env {env_id} returned a non-finite {what} at episode step {t} "
-        f"(task {task}, episode {episode % episodes_per_task})"
+        f"(task {task}, episode {first_episode + episode % episodes_per_task})"
     )
 
 
@@ -323,7 +380,7 @@ class Sampler:
     forward for the whole batch (one matmul per task, :func:`per_task_forward`), with shared
     parameters or per-task stacked parameters. Every episode has its own random streams
     (:func:`episode_streams`), so :class:`metarl.ray_sampler.RaySampler` samples the same
-    episodes bit for bit from slices of the batch.
+    episodes bit for bit from blocks of the batch's tasks x episodes.
     The forwards run on ``policy_threads`` torch threads (default 1): they are small, and idle
     intra-op threads spin and take cores from the batched physics threads (see
     ``benchmarks/bench_threads.py``).

@@ -83,6 +83,24 @@ def test_projection_on_64_nodes_by_episodes_and_by_whole_tasks() -> None:
     assert project(ML10, COSTS, 8, 2, GBPS_10, 2.8, split="tasks")["sampling"] == pytest.approx(20.0)
 
 
+def test_projection_with_the_ray_samplers_blocks() -> None:
+    # more actors than tasks: RaySampler splits the episodes too, all 128 actors work, 2 episodes at most each
+    on_64 = project(ML10, COSTS, 64, 2, GBPS_10, 2.8, split="ray")
+    assert on_64["actors_used"] == 128 and on_64["nodes_used"] == 64
+    assert on_64["slowest_actor_episodes"] == 2 and on_64["total"] == pytest.approx(
+        project(ML10, COSTS, 64, 2, GBPS_10, 2.8)["total"]
+    )
+    # 16 actors, 20 tasks: whole tasks, as before (2 tasks = 20 episodes for the slowest)
+    on_8 = project(ML10, COSTS, 8, 2, GBPS_10, 2.8, split="ray")
+    assert on_8["actors_used"] == 16 and on_8["slowest_actor_episodes"] == 20
+    # 39 actors: blocks of at most 6 episodes (the even split's ceil(200 / 39)), where one task per actor gives 10
+    odd = project(ML10, COSTS, 39, 1, GBPS_10, 2.8, split="ray")
+    assert odd["actors_used"] == 39 and odd["slowest_actor_episodes"] == 6
+    # more actors than episodes: one episode each, the rest idle
+    many = project(ML10, COSTS, 300, 1, GBPS_10, 2.8, split="ray")
+    assert many["actors_used"] == 200 and many["slowest_actor_episodes"] == 1
+
+
 def test_projection_refuses_no_nodes() -> None:
     with pytest.raises(ValueError, match="nodes"):
         project(ML10, COSTS, 0, 2, GBPS_10, 0.0)
@@ -127,6 +145,12 @@ def test_tiny_run_on_a_local_ray(local_ray: Any, tmp_path: Path, capsys: pytest.
         expected = project(full, costs, row["nodes"], data["cores_per_node"], 10e9 / 8, 0.5)
         assert row["total"] == pytest.approx(expected["total"])
         assert row["slowest_actor_episodes"] == math.ceil(400 / (row["nodes"] * data["cores_per_node"]))
+        ray = project(full, costs, row["nodes"], data["cores_per_node"], 10e9 / 8, 0.5, split="ray")
+        assert row["total_ray_blocks"] == pytest.approx(ray["total"])
+        assert (row["actors_ray_blocks"], row["slowest_actor_episodes_ray_blocks"]) == (
+            ray["actors_used"],
+            ray["slowest_actor_episodes"],
+        )
     assert [r["nodes"] for r in data["rows"]] == [1, 8, 64]
     assert data["command"].startswith("python -m benchmarks.bench_scaleout")
 

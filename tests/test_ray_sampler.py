@@ -23,7 +23,7 @@ from tests.helpers import assert_one_error_line, run_cli
 from tests.ray_envs import ENV_ID
 
 ray = pytest.importorskip("ray")
-from metarl.ray_sampler import RaySampler, task_slices  # noqa: E402
+from metarl.ray_sampler import Block, RaySampler, sampling_blocks, task_slices  # noqa: E402
 
 FIELDS = ("observations", "actions", "rewards", "mask", "success")
 
@@ -47,9 +47,11 @@ def assert_identical(a: Episodes, b: Episodes) -> None:
         assert torch.equal(x, y), name
 
 
-def policy_and_params(obs_dim: int, act_dim: int, n: int) -> tuple[GaussianMLPPolicy, list[Params]]:
+def policy_and_params(
+    obs_dim: int, act_dim: int, n: int, hidden: tuple[int, ...] = (16, 16)
+) -> tuple[GaussianMLPPolicy, list[Params]]:
     """A seeded policy, with its shared parameters and per-task perturbed stacked ones (as after adaptation)."""
-    policy = GaussianMLPPolicy(obs_dim, act_dim, (16, 16))
+    policy = GaussianMLPPolicy(obs_dim, act_dim, hidden)
     policy.reset_parameters(torch.Generator().manual_seed(0))
     noise = torch.Generator().manual_seed(5)
     stacked = {
@@ -60,13 +62,20 @@ def policy_and_params(obs_dim: int, act_dim: int, n: int) -> tuple[GaussianMLPPo
 
 
 def local_and_ray(
-    env_id: str, n: int, b: int, horizon: int, workers: int, env_kwargs: dict[str, Any] | None = None, **ray_kwargs: Any
+    env_id: str,
+    n: int,
+    b: int,
+    horizon: int,
+    workers: int,
+    env_kwargs: dict[str, Any] | None = None,
+    hidden: tuple[int, ...] = (16, 16),
+    **ray_kwargs: Any,
 ) -> list[Episodes]:
     """Sample with both backends, shared then stacked parameters, and compare bit for bit; the local blocks."""
     task_env = make_task_env(env_id, horizon, env_kwargs)
     tasks = task_env.unwrapped.sample_tasks(n, np.random.default_rng(3))  # type: ignore[attr-defined]
     obs_dim, act_dim = task_env.observation_space.shape[0], task_env.action_space.shape[0]  # type: ignore[index]
-    policy, all_params = policy_and_params(obs_dim, act_dim, n)
+    policy, all_params = policy_and_params(obs_dim, act_dim, n, hidden)
     local = Sampler(env_id, n, b, horizon, env_kwargs)
     remote = RaySampler(env_id, n, b, horizon, env_kwargs, num_workers=workers, cpus_per_worker=0.5, **ray_kwargs)
     blocks = []
@@ -93,6 +102,23 @@ def test_halfcheetah_vel_episodes_identical_to_local(workers: int) -> None:
     local_and_ray("metarl/HalfCheetahVel-v0", 4, 2, 15, workers, {"frame_skip": 1, "clip_actions": True})
 
 
+@pytest.mark.parametrize(("n", "b", "workers"), [(2, 4, 3), (3, 3, 4), (2, 13, 4)])
+def test_navigation_episodes_identical_to_local_with_more_actors_than_tasks(n: int, b: int, workers: int) -> None:
+    """Each task's episodes split over actors (3 x 3 on 4: blocks of 2 tasks x 1 episode and 1 task x 3). With the
+    16-16 policy the 2 x 13 batch's matmuls (16 rows per task) take BLAS and a block's (8 rows) torch's own loop,
+    unless per_task_forward pads every block to BLAS's rows."""
+    blocks = sampling_blocks(n, b, workers)
+    assert any(block.e1 - block.e0 < b for block in blocks)
+    local_and_ray("metarl/Navigation2D-v0", n, b, 20, workers)
+
+
+def test_halfcheetah_vel_episodes_identical_to_local_with_more_actors_than_tasks() -> None:
+    """2 tasks x 6 episodes on 4 actors; a 16-10 policy: its last layer reads 10-float rows, 8-byte aligned at
+    odd episodes, whose products sum in another order unless per_task_forward aligns every row."""
+    assert {(t1 - t0, e1 - e0) for t0, t1, e0, e1 in sampling_blocks(2, 6, 4)} == {(1, 3)}
+    local_and_ray("metarl/HalfCheetahVel-v0", 2, 6, 15, 4, {"frame_skip": 1, "clip_actions": True}, hidden=(16, 10))
+
+
 def test_gymnasium_vector_api_env_identical_to_local() -> None:
     """An env without a native vector form runs in SyncVectorEnv on the actors (module:env-id imported there)."""
     local_and_ray(ENV_ID, 4, 2, 12, 2)
@@ -104,6 +130,11 @@ def test_success_flags_come_back_from_the_actors_identical_to_local() -> None:
     assert all(block.success is not None and 0 < float(block.success.sum()) for block in blocks)
 
 
+def test_success_flags_come_back_identical_from_actors_that_split_the_episodes() -> None:
+    blocks = local_and_ray(ENV_ID, 2, 3, 12, 4, {"success_radius": 0.35, "goal_tolerance": 0.2, "max_action": 0.2})
+    assert all(block.success is not None and 0 < float(block.success.sum()) for block in blocks)
+
+
 def test_task_slices_cover_the_batch_contiguously() -> None:
     assert task_slices(5, 3) == [(0, 2), (2, 3), (3, 5)]
     assert task_slices(4, 1) == [(0, 4)]
@@ -111,15 +142,61 @@ def test_task_slices_cover_the_batch_contiguously() -> None:
         task_slices(2, 3)
 
 
-def test_an_actor_killed_mid_sampling_is_restarted_and_the_batch_is_identical(tmp_path: Path) -> None:
-    n, b, horizon = 4, 2, 30
+def test_sampling_blocks_are_whole_tasks_up_to_one_actor_per_task() -> None:
+    for n, b in ((5, 3), (20, 10), (1, 4)):
+        for workers in range(1, n + 1):
+            assert sampling_blocks(n, b, workers) == [(t0, t1, 0, b) for t0, t1 in task_slices(n, workers)]
+    assert sampling_blocks(5, 3, 3) == [Block(0, 2, 0, 3), Block(2, 3, 0, 3), Block(3, 5, 0, 3)]
+
+
+def test_sampling_blocks_cover_every_episode_once_in_blocks_of_nearly_even_size() -> None:
+    for n in range(1, 9):
+        for b in range(1, 9):
+            for workers in range(1, n * b + 1):
+                blocks = sampling_blocks(n, b, workers)
+                assert len(blocks) == workers and blocks == sorted(blocks)
+                cover = np.zeros((n, b), dtype=int)
+                for t0, t1, e0, e1 in blocks:
+                    assert 0 <= t0 < t1 <= n and 0 <= e0 < e1 <= b
+                    cover[t0:t1, e0:e1] += 1
+                assert (cover == 1).all(), (n, b, workers)
+                if workers > n:  # never worse than splitting each task's episodes on its own
+                    largest = max(block.episodes for block in blocks)
+                    assert largest <= -(-b // (workers // n)), (n, b, workers)
+    assert sampling_blocks(1, 3, 3) == [Block(0, 1, 0, 1), Block(0, 1, 1, 2), Block(0, 1, 2, 3)]
+    # ML10 on 64 nodes x 2 cores: all 128 actors, 1 or 2 episodes each (the even split's ceil(200 / 128) = 2)
+    sizes = {block.episodes for block in sampling_blocks(20, 10, 128)}
+    assert sizes == {1, 2}
+    # 39 actors: at most ceil(200 / 39) = 6 episodes, where one task per actor and its episodes split leaves 10
+    assert max(block.episodes for block in sampling_blocks(20, 10, 39)) == 6
+    assert {block.episodes for block in sampling_blocks(4, 5, 20)} == {1}
+
+
+def test_sampling_blocks_refuse_more_actors_than_episodes() -> None:
+    assert len(sampling_blocks(2, 3, 6)) == 6
+    with pytest.raises(ValueError, match="cannot split 2 tasks x 3 episodes between 7 actors: between 1 and 6"):
+        sampling_blocks(2, 3, 7)
+    with pytest.raises(ValueError, match="between 0 actors"):
+        sampling_blocks(2, 3, 0)
+    with pytest.raises(ValueError, match=">= 1"):
+        sampling_blocks(0, 3, 1)
+
+
+@pytest.mark.parametrize(("n", "b", "workers"), [(4, 2, 2), (2, 4, 3)])
+def test_an_actor_killed_mid_sampling_is_restarted_and_the_batch_is_identical(
+    tmp_path: Path, n: int, b: int, workers: int
+) -> None:
+    """Whole tasks per actor (4 tasks on 2), and episodes split (2 tasks x 4 on 3: the killed actor's block is
+    part of the tasks' episodes); the restarted actor re-samples its block with the same streams."""
+    horizon = 30
     kwargs = {"step_delay": 0.01, "marker_dir": str(tmp_path)}
     tasks = make_task_env(ENV_ID, horizon).unwrapped.sample_tasks(n, np.random.default_rng(0))  # type: ignore[attr-defined]
     policy, (params, _) = policy_and_params(2, 2, n)
     local = Sampler(ENV_ID, n, b, horizon)
     expected = local.collect(policy, params, tasks, np.random.default_rng(1), torch.Generator().manual_seed(2))
     local.close()
-    sampler = RaySampler(ENV_ID, n, b, horizon, kwargs, num_workers=2, cpus_per_worker=0.5)
+    sampler = RaySampler(ENV_ID, n, b, horizon, kwargs, num_workers=workers, cpus_per_worker=0.5)
+    assert sampler.num_workers == workers and (sampler.blocks[0].e1 - sampler.blocks[0].e0 < b) == (workers > n)
     victim = sampler.actors[0]
     pid = sampler.stats.workers[0].rsplit(":", 1)[1]
     killed = threading.Event()
@@ -172,9 +249,30 @@ def test_an_env_that_keeps_raising_stops_after_max_failures_with_one_line(tmp_pa
         sampler.close()
     message = str(error.value)
     assert "\n" not in message
-    for fragment in ("metarl_test/Navigation-v0", "failed 3 times", "sampler.max_failures=2", "goal_x", "injected"):
+    for fragment in (
+        "metarl_test/Navigation-v0",
+        "tasks 0..1, episodes 0..1 of the meta-batch",
+        "failed 3 times",
+        "sampler.max_failures=2",
+        "goal_x",
+        "injected",
+    ):
         assert fragment in message, (fragment, message)
     assert (tmp_path / "failures").read_text() == "3"  # the first try and max_failures=2 re-samplings
+
+
+def test_a_failing_block_of_episodes_is_named_with_its_episode_range(tmp_path: Path) -> None:
+    tasks = make_task_env(ENV_ID, 10).unwrapped.sample_tasks(1, np.random.default_rng(0))  # type: ignore[attr-defined]
+    policy, (params, _) = policy_and_params(2, 2, 1)
+    kwargs = {"fail_file": str(tmp_path / "failures"), "fail_times": 100}
+    sampler = RaySampler(ENV_ID, 1, 2, 10, kwargs, num_workers=2, cpus_per_worker=0.5, max_failures=0)
+    try:
+        assert sampler.blocks == [Block(0, 1, 0, 1), Block(0, 1, 1, 2)]
+        with pytest.raises(EnvError, match=r"sampling tasks 0\.\.0, episodes ([01])\.\.\1 of the meta-batch") as error:
+            sampler.collect(policy, params, tasks, np.random.default_rng(1), torch.Generator().manual_seed(2))
+    finally:
+        sampler.close()
+    assert "\n" not in str(error.value) and "failed 1 times" in str(error.value)
 
 
 def test_more_actors_than_cpus_is_a_config_error() -> None:

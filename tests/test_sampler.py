@@ -31,13 +31,17 @@ def test_native_and_generic_sampler_paths_agree(rng: np.random.Generator) -> Non
         torch.testing.assert_close(getattr(blocks[0], name), getattr(blocks[1], name))
 
 
-def test_sampler_policy_threads_are_scoped_to_collect(rng: np.random.Generator) -> None:
+def test_sampler_policy_threads_are_scoped_to_collect(
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Forwards run on ``policy_threads``; the caller's torch thread count is restored, also on error."""
+    import metarl.sampler
+
     policy = GaussianMLPPolicy(2, 2, (8,))
     tasks = Navigation2DEnv().sample_tasks(2, rng)
     sampler = Sampler("metarl/Navigation2D-v0", 2, 2, 5, policy_threads=1)
     seen = []
-    real_forward = policy.forward
+    real_forward = metarl.sampler.per_task_forward
 
     def spy(*args, **kwargs):
         seen.append(torch.get_num_threads())
@@ -46,7 +50,7 @@ def test_sampler_policy_threads_are_scoped_to_collect(rng: np.random.Generator) 
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        policy.forward = spy
+        monkeypatch.setattr(metarl.sampler, "per_task_forward", spy)
         sampler.collect(policy, policy.params(), tasks, np.random.default_rng(0), torch.Generator().manual_seed(0))
         assert seen == [1] * 5 and torch.get_num_threads() == 2
         with pytest.raises(ValueError):
@@ -381,3 +385,80 @@ def test_a_tasks_actions_are_bitwise_the_same_in_any_slice_of_the_batch(episodes
             part = params if params is shared else {k: v[start:stop].clone() for k, v in params.items()}
             mean, _ = per_task_forward(policy, obs[start:stop].clone(), part)
             assert torch.equal(mean, full_mean[start:stop]), (start, stop)
+
+
+@pytest.mark.parametrize(
+    ("obs_dim", "act_dim", "hidden", "activation"),
+    [
+        (17, 6, (16, 16), "tanh"),  # 4 rows of 16 x 6 in the last layer: torch's small-matmul loop, not BLAS
+        (2, 2, (16, 16), "tanh"),  # 2 x 16 x rows < 400 below 13 rows
+        (17, 6, (50, 50), "tanh"),  # a 50-wide input: rows at offsets 200 bytes apart, not all 16-byte aligned
+        (3, 5, (7, 13), "relu"),
+        (1, 1, (40, 40), "relu"),  # a one-unit output layer (sinusoid RL)
+        (39, 4, (100, 100), "tanh"),  # Meta-World's
+    ],
+)
+def test_a_tasks_actions_are_bitwise_the_same_whatever_subset_of_its_episodes_is_sampled(
+    obs_dim: int, act_dim: int, hidden: tuple[int, ...], activation: str
+) -> None:
+    """A Ray actor's block of tasks x episodes (down to one episode) computes what the whole batch computes for
+    those rows, bit for bit: every block size takes the same kernel on the same row alignment."""
+    from metarl.sampler import per_task_forward
+
+    n, b = 3, 13
+    policy = GaussianMLPPolicy(obs_dim, act_dim, hidden, activation)  # type: ignore[arg-type]
+    policy.reset_parameters(torch.Generator().manual_seed(0))
+    shared = {k: v.detach() for k, v in policy.params().items()}
+    noise = torch.Generator().manual_seed(1)
+    stacked = {k: v + 0.05 * torch.randn(v.shape, generator=noise) for k, v in stack_params(shared, n).items()}
+    obs = torch.randn(n, b, obs_dim, generator=torch.Generator().manual_seed(2))
+    blocks = [(t0, t1, e0, e1) for t0, t1 in ((0, 1), (1, 3), (0, 3)) for e0 in range(b) for e1 in (e0 + 1, e0 + 2, b)]
+    for params in (shared, stacked):
+        full_mean, full_log_std = per_task_forward(policy, obs, params)
+        reference, _ = policy(obs, params) if params is stacked else policy(obs)
+        torch.testing.assert_close(full_mean, reference, rtol=1e-5, atol=1e-6)  # it is the policy's forward
+        for t0, t1, e0, e1 in blocks:
+            part = params if params is shared else {k: v[t0:t1].clone() for k, v in params.items()}
+            mean, log_std = per_task_forward(policy, obs[t0:t1, e0:e1].clone(), part)
+            assert torch.equal(mean, full_mean[t0:t1, e0:e1]), (t0, t1, e0, e1)
+            assert torch.equal(log_std, full_log_std[t0:t1, e0:e1]), (t0, t1, e0, e1)
+
+
+def test_padded_rows_reach_the_blas_path_in_multiples_of_four() -> None:
+    from metarl.sampler import BMM_LOOP_WORK, padded_rows
+
+    def params(*sizes: int) -> dict[str, torch.Tensor]:
+        return {f"layers.{i}.weight": torch.zeros(o, k) for i, (k, o) in enumerate(zip(sizes[:-1], sizes[1:]))}
+
+    assert padded_rows(10, params(39, 100, 100, 4)) == 12  # Meta-World: 4 x 100 x 4 rows is past the loop already
+    assert padded_rows(1, params(17, 16, 16, 6)) == 8  # 16 x 6 x 4 = 384 < 400: 8 rows
+    assert padded_rows(1, params(1, 40, 40, 1)) == 12  # a one-unit layer counts two wide: 40 x 2 x 12 >= 400
+    assert padded_rows(21, params(2, 16, 2)) == 24
+    for rows in range(1, 30):
+        got = padded_rows(rows, params(3, 7, 13, 5))
+        assert got >= rows and got % 4 == 0 and got * 3 * 7 >= BMM_LOOP_WORK
+
+
+def test_a_blocks_non_finite_observation_names_the_meta_batchs_episode() -> None:
+    """A Ray actor's block starts at episode ``first_episode`` of its tasks: the error names that episode."""
+    from metarl.sampler import make_vector_env, rollout
+
+    policy = GaussianMLPPolicy(2, 2, (4,))
+    policy.reset_parameters(torch.Generator().manual_seed(0))
+    tasks = Navigation2DEnv().sample_tasks(1, np.random.default_rng(0))
+    env = make_vector_env("metarl/Navigation2D-v0", 2, 5, vectorization="sync")
+    original = Navigation2DEnv.step
+
+    def nan_step(self, action):  # type: ignore[no-untyped-def]
+        obs, reward, terminated, truncated, info = original(self, action)
+        return obs * np.nan, reward, terminated, truncated, info
+
+    Navigation2DEnv.step = nan_step  # type: ignore[method-assign]
+    try:
+        with pytest.raises(EnvError, match=r"non-finite observation at episode step 1 \(task .*, episode 3\)"):
+            rollout(
+                env, "metarl/Navigation2D-v0", policy, policy.params(), tasks, 2, 5, torch.float32, [1, 2], [3, 4], 3
+            )
+    finally:
+        Navigation2DEnv.step = original  # type: ignore[method-assign]
+        env.close()
