@@ -8,6 +8,7 @@ in a config or sampler (actors import the module themselves). With default kwarg
 
 from __future__ import annotations
 
+import fcntl
 import os
 import time
 from pathlib import Path
@@ -48,15 +49,29 @@ class FaultyNavigation(Navigation2DEnv):
         self.t = 0
         return super().reset(seed=seed, options=options)
 
+    def _count_failure(self) -> int | None:
+        """Under an exclusive lock (actors step concurrently), add one to the count in ``fail_file``
+        and return it if it is still within ``fail_times``; else return None."""
+        assert self.fail_file is not None
+        with open(self.fail_file, "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            handle.seek(0)
+            text = handle.read()
+            count = int(text) if text else 0
+            if count >= self.fail_times:
+                return None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(str(count + 1))
+            return count + 1
+
     def step(self, action: np.ndarray) -> Any:
         """Step, with the configured delay, marker and injected failure."""
         self.t += 1
         if self.fail_file is not None and self.t == self.fail_step:
-            path = Path(self.fail_file)
-            count = int(path.read_text()) if path.exists() else 0
-            if count < self.fail_times:
-                path.write_text(str(count + 1))
-                raise RuntimeError(f"injected failure {count + 1}")
+            count = self._count_failure()
+            if count is not None:
+                raise RuntimeError(f"injected failure {count}")
         if self.marker_dir is not None and self.t == self.mark_step:
             Path(self.marker_dir, str(os.getpid())).touch()
         if self.step_delay:
